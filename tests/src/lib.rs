@@ -1,0 +1,1 @@
+//! Shared helpers for workloads and end-to-end tests.
