@@ -1,1 +1,4 @@
-//! x86_64 facts as pure code.
+//! x86_64 facts as pure code: register sets, the XSAVE layout, the rt_sigreturn
+//! frame, CPUID reading, feature sets and masks. No syscalls beyond `cpuid`.
+
+pub mod regs;

@@ -6,4 +6,15 @@
 //! position-independent blobs that are injected into a task.
 #![no_std]
 
+pub mod parasite_abi;
+pub mod restore_abi;
 pub mod sys;
+
+#[cfg(rcr_blob)]
+mod rt;
+
+#[cfg(rcr_blob = "parasite")]
+mod parasite;
+
+#[cfg(rcr_blob = "restorer")]
+mod restorer;

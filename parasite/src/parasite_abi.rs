@@ -1,0 +1,1 @@
+//! The command area shared by the engine and the dump-time parasite.

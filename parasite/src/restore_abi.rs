@@ -1,0 +1,1 @@
+//! The arguments the engine hands to the restore-time restorer.
