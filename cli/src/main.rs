@@ -1,1 +1,92 @@
-fn main() {}
+//! `rcr`: checkpoint and restore Linux processes. A thin layer over
+//! `rcr_engine`: parse arguments, call the engine, print results or one
+//! readable error line.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "rcr", version, about = "Checkpoint and restore Linux processes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Checkpoint a process into a directory of images, then kill it.
+    Dump {
+        /// The process to checkpoint.
+        #[arg(long = "tree", short = 't', value_name = "PID")]
+        pid: i32,
+        /// Where to write the checkpoint (created; must be new or empty).
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// Keep the process running after the checkpoint.
+        #[arg(long)]
+        leave_running: bool,
+        /// Print what the dump did as JSON on stdout.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Restore a checkpoint: the process runs again with its saved pid,
+    /// which is printed on stdout.
+    Restore {
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// Print what the restore did as JSON on stderr.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Print a checkpoint as JSON, with where each thread was stopped.
+    Show {
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+fn run(cli: Cli) -> Result<(), rcr_engine::Error> {
+    match cli.command {
+        Command::Dump {
+            pid,
+            dir,
+            leave_running,
+            stats,
+        } => {
+            let s = rcr_engine::dump(&rcr_engine::DumpOptions {
+                pid,
+                dir,
+                leave_running,
+            })?;
+            if stats {
+                println!("{}", serde_json::to_string(&s).expect("stats serialize"));
+            }
+        }
+        Command::Restore { dir, stats } => {
+            let s = rcr_engine::restore(&rcr_engine::RestoreOptions { dir })?;
+            for w in &s.warnings {
+                eprintln!("rcr: warning: {w}");
+            }
+            if stats {
+                eprintln!("{}", serde_json::to_string(&s).expect("stats serialize"));
+            }
+            println!("{}", s.pid);
+        }
+        Command::Show { dir } => {
+            let v = rcr_engine::show(&dir)?;
+            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rcr: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

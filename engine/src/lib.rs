@@ -1,1 +1,23 @@
-//! rcr engine.
+//! rcr's checkpoint/restore engine.
+//!
+//! [`dump`] freezes a process and writes it into a directory of images;
+//! [`restore`] brings it back with the same pid, memory, registers, files and
+//! signal state; [`show`] describes a checkpoint. The `rcr` command line is a
+//! thin layer over these three calls.
+
+pub mod blob;
+mod caps;
+mod cpu;
+mod dump;
+pub mod error;
+pub mod infect;
+mod objects;
+pub mod proc;
+pub mod ptrace;
+mod restore;
+mod show;
+
+pub use dump::{dump, DumpOptions, DumpStats};
+pub use error::{Error, Result};
+pub use restore::{restore, RestoreOptions, RestoreStats};
+pub use show::show;

@@ -1,1 +1,305 @@
 //! The arguments the engine hands to the restore-time restorer.
+//!
+//! The engine lays out one contiguous area in the restored task's "hole" (an
+//! address range that no saved mapping uses): the relocated restorer blob, then
+//! a [`RestoreArgs`], then the arrays it points to, the signal frame and the
+//! restorer's stack. Every pointer in here is an absolute address in the task.
+
+/// Bumped whenever a layout below changes; the restorer refuses a mismatch.
+pub const RESTORE_ABI_VERSION: u32 = 1;
+
+/// `rdi` at the restorer's final trap when everything is in place.
+pub const TRAP_READY: u64 = 0x7263_725f_7265_6479; // "rcr_redy"
+/// `rdi` at a trap that reports a failure: `rsi` = [`Step`], `rdx` = errno,
+/// `rcx` = the address or index the step was working on.
+pub const TRAP_FAILED: u64 = 0x7263_725f_6661_696c; // "rcr_fail"
+
+/// Where a restore failed; reported through the final trap.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    AbiVersion = 1,
+    ParkVdso = 2,
+    UnmapOld = 3,
+    MapVma = 4,
+    ReadPages = 5,
+    Protect = 6,
+    Advise = 7,
+    PlaceVdso = 8,
+    MmMap = 9,
+    SigAction = 10,
+    Itimer = 11,
+    Rlimit = 12,
+    FsBase = 13,
+    SigQueue = 14,
+    CloseFds = 15,
+    Pdeathsig = 16,
+    Rseq = 17,
+    /// Steps run by the engine's code in the new task, before the restorer.
+    ChildSync = 32,
+    ChildSession = 33,
+    ChildFds = 34,
+    ChildCwd = 35,
+    ChildHole = 36,
+}
+
+impl Step {
+    /// The step for a number reported in a trap, if it is one.
+    pub fn from_raw(raw: u64) -> Option<Step> {
+        use Step::*;
+        let all = [
+            AbiVersion,
+            ParkVdso,
+            UnmapOld,
+            MapVma,
+            ReadPages,
+            Protect,
+            Advise,
+            PlaceVdso,
+            MmMap,
+            SigAction,
+            Itimer,
+            Rlimit,
+            FsBase,
+            SigQueue,
+            CloseFds,
+            Pdeathsig,
+            Rseq,
+            ChildSync,
+            ChildSession,
+            ChildFds,
+            ChildCwd,
+            ChildHole,
+        ];
+        all.into_iter().find(|s| *s as u64 == raw)
+    }
+
+    /// What the step does, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::AbiVersion => "checking the restorer ABI version",
+            Step::ParkVdso => "moving the vDSO aside",
+            Step::UnmapOld => "unmapping the old address space",
+            Step::MapVma => "mapping a saved VMA",
+            Step::ReadPages => "reading saved pages",
+            Step::Protect => "setting a VMA's protection",
+            Step::Advise => "applying a VMA's madvise flags",
+            Step::PlaceVdso => "moving the vDSO to its saved address",
+            Step::MmMap => "setting mm fields (PR_SET_MM_MAP)",
+            Step::SigAction => "installing a signal handler",
+            Step::Itimer => "arming an interval timer",
+            Step::Rlimit => "setting a resource limit",
+            Step::FsBase => "setting fs/gs base",
+            Step::SigQueue => "queueing a pending signal",
+            Step::CloseFds => "closing restore-time descriptors",
+            Step::Pdeathsig => "setting the parent-death signal",
+            Step::Rseq => "registering rseq",
+            Step::ChildSync => "waiting for rcr to attach",
+            Step::ChildSession => "restoring session and process group",
+            Step::ChildFds => "installing file descriptors",
+            Step::ChildCwd => "restoring cwd and umask",
+            Step::ChildHole => "mapping the restorer",
+        }
+    }
+}
+
+/// One VMA to map, in address order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmaEntry {
+    pub start: u64,
+    pub end: u64,
+    /// File offset in bytes for file mappings.
+    pub pgoff: u64,
+    /// `MADV_*` advice to apply after mapping, as a bit set of [`madv`].
+    pub madv: u64,
+    /// Final `PROT_*`.
+    pub prot: u32,
+    /// `MAP_*` flags (without `MAP_FIXED`, which the restorer adds).
+    pub flags: u32,
+    /// File to map, or -1 for anonymous memory.
+    pub fd: i32,
+    /// Non-zero when saved pages will be read into this VMA (it is mapped
+    /// writable first and protected afterwards).
+    pub has_pages: u32,
+}
+
+/// Bits of [`VmaEntry::madv`].
+pub mod madv {
+    pub const DONTFORK: u64 = 1 << 0;
+    pub const DONTDUMP: u64 = 1 << 1;
+    pub const WIPEONFORK: u64 = 1 << 2;
+    pub const HUGEPAGE: u64 = 1 << 3;
+    pub const NOHUGEPAGE: u64 = 1 << 4;
+    pub const MERGEABLE: u64 = 1 << 5;
+}
+
+/// A run of saved pages: `len` bytes at `file_off` in the pages file go to `vaddr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageRunEntry {
+    pub vaddr: u64,
+    pub len: u64,
+    pub file_off: u64,
+}
+
+/// One part of the vDSO block (`[vvar]`, `[vvar_vclock]`, `[vdso]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VdsoPart {
+    /// Where it is in the new task now.
+    pub now: u64,
+    /// Where it waits (inside the hole) while the old address space goes.
+    pub park: u64,
+    /// Where it was in the checkpointed task.
+    pub saved: u64,
+    pub len: u64,
+}
+
+/// The kernel's `struct sigaction` as `rt_sigaction` takes it on x86_64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelSigaction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// `struct timeval` pairs of `struct itimerval`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ItimerVal {
+    pub interval_sec: i64,
+    pub interval_usec: i64,
+    pub value_sec: i64,
+    pub value_usec: i64,
+}
+
+/// `struct rlimit64` with its resource number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RlimitEntry {
+    pub resource: u32,
+    pub _pad: u32,
+    pub cur: u64,
+    pub max: u64,
+}
+
+/// `struct prctl_mm_map` of `<linux/prctl.h>`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrctlMmMap {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: u64,
+    pub auxv_size: u32,
+    pub exe_fd: u32,
+}
+
+/// A pending signal to queue again: `rt_sigqueueinfo` (shared) or
+/// `rt_tgsigqueueinfo` (thread) with the saved 128-byte siginfo.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingSignal {
+    pub signo: u32,
+    /// Non-zero: queued for the whole process.
+    pub shared: u32,
+    pub siginfo: [u8; 128],
+}
+
+/// An rseq registration: `rseq(addr, len, flags, sig)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RseqConf {
+    pub addr: u64,
+    pub len: u32,
+    pub sig: u32,
+}
+
+/// Maximum number of auxv words kept (the kernel's `saved_auxv` holds fewer).
+pub const AUXV_WORDS: usize = 128;
+
+/// Everything the restorer needs. Laid out by the engine, read by the restorer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RestoreArgs {
+    pub abi_version: u32,
+    /// The saved pages of this task.
+    pub pages_fd: i32,
+    /// Descriptors `[close_from, close_to]` are the restorer's own (pages and
+    /// mapped files) and are closed once memory is in place.
+    pub close_from: i32,
+    pub close_to: i32,
+    pub hole_start: u64,
+    pub hole_end: u64,
+    pub vmas: u64,
+    pub nr_vmas: u64,
+    pub runs: u64,
+    pub nr_runs: u64,
+    pub vdso: [VdsoPart; 3],
+    pub nr_vdso: u64,
+    pub mm: PrctlMmMap,
+    pub auxv: [u64; AUXV_WORDS],
+    /// Bit `n - 1` set: install `sigactions[n - 1]` for signal `n`.
+    pub sigaction_set: u64,
+    pub sigactions: [KernelSigaction; 64],
+    pub itimers: [ItimerVal; 3],
+    pub rlimits: [RlimitEntry; 16],
+    pub nr_rlimits: u64,
+    pub pending: u64,
+    pub nr_pending: u64,
+    pub pdeathsig: i64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    /// `rsp` for the final `rt_sigreturn` (the frame sits at `rsp - 8`).
+    pub sigframe_rsp: u64,
+    /// The registration the new task inherited from rcr, dropped before
+    /// rcr's memory goes (the kernel would write into it). Filled in by the
+    /// engine's code in the new task.
+    pub rseq_inherited: RseqConf,
+    /// The task's own registration, made again at the end.
+    pub rseq: RseqConf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn prctl_mm_map_matches_uapi() {
+        // <linux/prctl.h>: eleven u64 bounds, the auxv pointer, two u32.
+        assert_eq!(size_of::<PrctlMmMap>(), 104);
+        assert_eq!(offset_of!(PrctlMmMap, auxv), 88);
+        assert_eq!(offset_of!(PrctlMmMap, auxv_size), 96);
+        assert_eq!(offset_of!(PrctlMmMap, exe_fd), 100);
+    }
+
+    #[test]
+    fn kernel_sigaction_and_itimerval_match_uapi() {
+        assert_eq!(size_of::<KernelSigaction>(), 32);
+        assert_eq!(size_of::<ItimerVal>(), 32);
+        assert_eq!(size_of::<PendingSignal>(), 136);
+    }
+
+    #[test]
+    fn steps_round_trip() {
+        for raw in 0..64 {
+            if let Some(step) = Step::from_raw(raw) {
+                assert_eq!(step as u64, raw);
+                assert!(!step.describe().is_empty());
+            }
+        }
+        assert_eq!(Step::from_raw(4), Some(Step::MapVma));
+    }
+}

@@ -148,4 +148,6 @@ pub mod nr {
     pub const CLONE3: usize = 435;
     pub const CLOSE_RANGE: usize = 436;
     pub const SIGALTSTACK: usize = 131;
+    pub const RT_SIGQUEUEINFO: usize = 129;
+    pub const RT_TGSIGQUEUEINFO: usize = 297;
 }

@@ -1,1 +1,13 @@
-//! Shared helpers for workloads and end-to-end tests.
+//! Shared helpers for the workload programs (`src/bin/wl_*.rs`) and the
+//! end-to-end tests (`tests/*.rs`) that checkpoint and restore them.
+//!
+//! - [`workload`]: the protocol every workload follows (ready file, wake
+//!   signal, verdict file).
+//! - [`pattern`]: deterministic data so a workload can tell a wrong byte.
+//! - [`maps`]: `/proc/self/maps` lookups for workloads that check mappings.
+//! - [`harness`]: the test side: temp dirs, spawning, running `rcr`, waiting.
+
+pub mod harness;
+pub mod maps;
+pub mod pattern;
+pub mod workload;

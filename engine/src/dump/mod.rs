@@ -1,0 +1,324 @@
+//! Dump: freeze the task, collect its state from outside (/proc, ptrace) and
+//! from inside (the parasite), write the images, then kill or release it.
+
+mod pages;
+mod seize;
+mod staging;
+
+use crate::error::{Error, Result};
+use crate::infect::parasite::Parasite;
+use crate::objects::files::{self, FileTableBuilder};
+use crate::objects::{fs_context, memory, mm_fields, rlimits, signals, thread, timers};
+use crate::proc::{auxv, pagemap::PageScanner, smaps, stat, status, tasks};
+use crate::ptrace;
+use rcr_images::{self as images, pb, ImageDir};
+use rcr_parasite::parasite_abi;
+use rcr_parasite::restore_abi::{ItimerVal, KernelSigaction};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What to dump and how.
+#[derive(Clone, Debug)]
+pub struct DumpOptions {
+    /// The root of the tree to dump.
+    pub pid: i32,
+    /// Where the checkpoint goes (created; must not exist or be empty).
+    pub dir: PathBuf,
+    /// Let the process run on after the dump instead of killing it.
+    pub leave_running: bool,
+}
+
+/// What a dump did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DumpStats {
+    pub pid: i32,
+    /// Seconds the process was frozen.
+    pub freeze_seconds: f64,
+    /// Seconds the whole dump took.
+    pub seconds: f64,
+    /// Bytes of memory pages written.
+    pub pages_bytes: u64,
+    /// Bytes of all image files.
+    pub image_bytes: u64,
+}
+
+/// Highest user address of 4-level paging; the restorer works below it.
+const USER_END: u64 = 0x7fff_ffff_f000;
+
+/// Checkpoints process `opts.pid` into `opts.dir`. On any error the process is
+/// left running as it was and no checkpoint directory appears.
+pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
+    let started = Instant::now();
+    let pid = opts.pid;
+    if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(Error::NoSuchProcess { pid });
+    }
+    let staging = staging::Staging::create(&opts.dir)?;
+    let seized = seize::seize(pid)?;
+    let dir = ImageDir::new(staging.path());
+    let pages_bytes = collect_and_write(pid, &dir, opts)?;
+    let image_bytes = dir_size(staging.path());
+    staging.commit()?;
+    let freeze_seconds = if opts.leave_running {
+        seized.release()?
+    } else {
+        seized.kill()?
+    };
+    Ok(DumpStats {
+        pid,
+        freeze_seconds,
+        seconds: started.elapsed().as_secs_f64(),
+        pages_bytes,
+        image_bytes,
+    })
+}
+
+fn traced(pid: i32) -> impl Fn(ptrace::PtraceError) -> Error {
+    move |e| Error::sys(pid, e.op, e.errno)
+}
+
+/// Everything the task keeps inside, as the parasite reported it.
+struct Inside {
+    sigactions: Vec<pb::SigAction>,
+    altstack: pb::SigAltStack,
+    itimers: Vec<pb::Itimer>,
+    misc: parasite_abi::Misc,
+    pages: pb::PageMap,
+}
+
+fn collect_and_write(pid: i32, dir: &ImageDir, opts: &DumpOptions) -> Result<u64> {
+    // Refusals first, while nothing has been done to the task.
+    let threads = tasks::list_tasks(pid)?;
+    if threads.len() != 1 {
+        return Err(Error::Unsupported {
+            pid,
+            what: format!("a process with {} threads", threads.len()),
+        });
+    }
+    let children = tasks::list_children(pid, pid)?;
+    if !children.is_empty() {
+        return Err(Error::Unsupported {
+            pid,
+            what: format!("a process with children (pids {children:?}); dump them as a tree"),
+        });
+    }
+    let st = stat::read_stat(pid)?;
+    let status = status::read_status(pid)?;
+    check_creds(pid, &status)?;
+    let examined = files::examine_fds(pid)?;
+    let cwd = fs_context::dump_cwd(pid)?;
+    let mut file_table = FileTableBuilder::default();
+    let vmas = smaps::read_smaps(pid)?
+        .iter()
+        .map(|e| memory::vma_from_smaps(pid, e, &mut file_table))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(v) = vmas
+        .iter()
+        .find(|v| v.end > USER_END && v.kind() != pb::VmaKind::Vsyscall)
+    {
+        return Err(Error::Unsupported {
+            pid,
+            what: format!("memory above the 47-bit address space (at {:#x})", v.start),
+        });
+    }
+    let exe = tasks::read_exe(pid)?;
+    let exe_id = file_table.mapped_file(pid, Path::new(&exe), false)?;
+    let fds = files::dump_fds(pid, examined, &mut file_table)?;
+
+    // From outside, through ptrace.
+    let regs = ptrace::get_regs(pid).map_err(traced(pid))?;
+    let xsave = ptrace::get_xstate(pid).map_err(traced(pid))?;
+    let sigmask = ptrace::get_sigmask(pid).map_err(traced(pid))?;
+    let private: Vec<pb::SigInfo> = ptrace::peek_siginfo(pid, false)
+        .map_err(traced(pid))?
+        .iter()
+        .map(signals::dump_pending)
+        .collect();
+    let shared: Vec<pb::SigInfo> = ptrace::peek_siginfo(pid, true)
+        .map_err(traced(pid))?
+        .iter()
+        .map(signals::dump_pending)
+        .collect();
+    let rseq = ptrace::get_rseq_configuration(pid).map_err(traced(pid))?;
+    let rlimits = rlimits::dump_rlimits(pid)?;
+    let auxv = auxv::read_auxv(pid)?;
+
+    // From inside, through the parasite.
+    let inside = collect_inside(pid, &vmas, dir)?;
+
+    let thread = pb::ThreadCore {
+        tid: pid,
+        comm: st.comm.clone(),
+        regs: Some(thread::dump_regs(&regs)),
+        xsave,
+        sigmask,
+        altstack: Some(inside.altstack),
+        pending: private,
+        clear_child_tid: inside.misc.clear_child_tid as u64,
+        robust_list: 0,
+        robust_list_len: 0,
+        rseq: (rseq.rseq_abi_pointer != 0).then_some(pb::Rseq {
+            address: rseq.rseq_abi_pointer,
+            length: rseq.rseq_abi_size,
+            signature: rseq.signature,
+        }),
+    };
+    let core = pb::Core {
+        pid,
+        comm: st.comm.clone(),
+        threads: vec![thread],
+        sigactions: inside.sigactions,
+        itimers: inside.itimers,
+        rlimits,
+        umask: inside.misc.umask as u32,
+        shared_pending: shared,
+        pdeathsig: inside.misc.pdeathsig as i32,
+        personality: inside.misc.personality as u32,
+        exit_signal: st.exit_signal,
+        creds: Some(creds(&status)),
+        cpuid_faulting: inside.misc.cpuid_enabled == 0,
+        dumpable: inside.misc.dumpable as i32,
+        no_new_privs: inside.misc.no_new_privs != 0,
+        child_subreaper: inside.misc.child_subreaper != 0,
+    };
+    let mut mm = mm_fields::dump_mm_fields(&st, inside.misc.brk as u64, &auxv);
+    mm.vmas = vmas;
+    mm.exe_file_id = exe_id;
+    let fs = pb::FsState {
+        fds,
+        cwd,
+        root: "/".into(),
+    };
+    let pages_bytes = inside
+        .pages
+        .runs
+        .iter()
+        .map(|r| r.nr_pages * memory::PAGE_SIZE)
+        .sum();
+    let tree = pb::ProcessTree {
+        processes: vec![pb::ProcessEntry {
+            pid,
+            ppid: st.ppid,
+            pgid: st.pgrp,
+            sid: st.session,
+            threads: vec![pid],
+        }],
+    };
+    images::write(&dir.core(pid), &core)?;
+    images::write(&dir.mm(pid), &mm)?;
+    images::write(&dir.pagemap(pid), &inside.pages)?;
+    images::write(&dir.fs(pid), &fs)?;
+    images::write(&dir.files(), &file_table.finish())?;
+    images::write(&dir.pstree(), &tree)?;
+    images::write(&dir.inventory(), &inventory(pid, opts))?;
+    Ok(pages_bytes)
+}
+
+fn collect_inside(pid: i32, vmas: &[pb::Vma], dir: &ImageDir) -> Result<Inside> {
+    let mut scanner = PageScanner::open(pid)?;
+    let runs = memory::dump_runs(&mut scanner, vmas)?;
+    let mut parasite = Parasite::infect(pid)?;
+    let actions = parasite.get_sigactions()?;
+    let alt = parasite.get_sigaltstack()?;
+    let it = parasite.get_itimers()?;
+    let misc = parasite.get_misc()?;
+    let pages = pages::write_pages(pid, &mut parasite, &runs, &dir.pages(pid))?;
+    parasite.cure()?;
+    let sigactions = signals::dump_sigactions(actions.actions.iter().enumerate().map(|(i, a)| {
+        let action = KernelSigaction {
+            handler: a.handler,
+            flags: a.flags,
+            restorer: a.restorer,
+            mask: a.mask,
+        };
+        (i as u32 + 1, action)
+    }));
+    let itimer = |t: &parasite_abi::Itimerval| ItimerVal {
+        interval_sec: t.interval.sec,
+        interval_usec: t.interval.usec,
+        value_sec: t.value.sec,
+        value_usec: t.value.usec,
+    };
+    Ok(Inside {
+        sigactions,
+        altstack: pb::SigAltStack {
+            sp: alt.sp,
+            size: alt.size,
+            flags: alt.flags,
+        },
+        itimers: timers::dump_itimers(&[itimer(&it.real), itimer(&it.virt), itimer(&it.prof)]),
+        misc,
+        pages,
+    })
+}
+
+fn creds(s: &status::Status) -> pb::Creds {
+    pb::Creds {
+        uid: s.uid[0],
+        euid: s.uid[1],
+        suid: s.uid[2],
+        fsuid: s.uid[3],
+        gid: s.gid[0],
+        egid: s.gid[1],
+        sgid: s.gid[2],
+        fsgid: s.gid[3],
+        groups: s.groups.clone(),
+        cap_inh: s.cap_inh,
+        cap_prm: s.cap_prm,
+        cap_eff: s.cap_eff,
+        cap_bnd: s.cap_bnd,
+        cap_amb: s.cap_amb,
+    }
+}
+
+/// Restoring other credentials than rcr's own is not done yet: refuse at
+/// dump time rather than restore a process with the wrong identity.
+fn check_creds(pid: i32, s: &status::Status) -> Result<()> {
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    if s.uid.iter().any(|&u| u != uid) || s.gid.iter().any(|&g| g != gid) {
+        return Err(Error::Unsupported {
+            pid,
+            what: format!(
+                "credentials other than rcr's own (uids {:?}, gids {:?}; rcr runs as {uid}:{gid})",
+                s.uid, s.gid
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn inventory(pid: i32, opts: &DumpOptions) -> pb::Inventory {
+    let uts = nix::sys::utsname::uname().ok();
+    let field = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
+        uts.as_ref()
+            .map(|u| f(u).to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    pb::Inventory {
+        format_version: images::FORMAT_VERSION,
+        rcr_version: env!("CARGO_PKG_VERSION").into(),
+        root_pid: pid,
+        kernel_release: field(|u| u.release()),
+        kernel_version: field(|u| u.version()),
+        machine: field(|u| u.machine()),
+        page_size: memory::PAGE_SIZE,
+        cpu: Some(crate::cpu::host_info()),
+        options: Some(pb::DumpOptions {
+            leave_running: opts.leave_running,
+        }),
+        taken_at_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

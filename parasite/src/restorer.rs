@@ -1,0 +1,352 @@
+//! The restorer: the last stage of every restored task.
+//!
+//! It runs from the hole the engine mapped, with all signals blocked and the
+//! task's file descriptors, cwd and session already in place. It replaces the
+//! address space with the saved one, puts the vDSO back, restores signal and
+//! timer state, then traps so rcr can see it is ready; rcr lets it run on into
+//! `rt_sigreturn`, which loads the saved registers and XSAVE state.
+
+use crate::restore_abi::*;
+use crate::sys::{self, nr};
+use core::arch::asm;
+
+const PROT_WRITE: u32 = 0x2;
+const MAP_FIXED: usize = 0x10;
+const MREMAP_MAYMOVE: usize = 1;
+const MREMAP_FIXED: usize = 2;
+const PR_SET_MM: usize = 35;
+const PR_SET_MM_MAP: usize = 14;
+const PR_SET_PDEATHSIG: usize = 1;
+const ARCH_SET_GS: usize = 0x1001;
+const ARCH_SET_FS: usize = 0x1002;
+const MADV_POPULATE_WRITE: usize = 23;
+const RSEQ_FLAG_UNREGISTER: usize = 1;
+/// The highest user address with 4-level paging; nothing is mapped above it
+/// unless a program asked for 5-level addresses, which the dump refuses.
+const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+const MADVICE: [(u64, usize); 6] = [
+    (madv::DONTFORK, 10),
+    (madv::DONTDUMP, 16),
+    (madv::WIPEONFORK, 18),
+    (madv::HUGEPAGE, 14),
+    (madv::NOHUGEPAGE, 15),
+    (madv::MERGEABLE, 12),
+];
+
+struct Failure {
+    step: Step,
+    errno: u64,
+    at: u64,
+}
+
+fn check(ret: isize, step: Step, at: u64) -> Result<isize, Failure> {
+    if sys::is_err(ret) {
+        Err(Failure {
+            step,
+            errno: (-ret) as u64,
+            at,
+        })
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Entry point, jumped to by the engine's code in the new task with `rsp` at
+/// the top of the restorer stack.
+#[no_mangle]
+pub extern "C" fn rcr_restorer_main(args: *const RestoreArgs) -> ! {
+    // SAFETY: the engine passes the address of the RestoreArgs it laid out in
+    // the hole, which stays mapped for the restorer's whole life.
+    let args = unsafe { &*args };
+    match restore(args) {
+        Ok(()) => finish(args),
+        Err(f) => trap_failed(f),
+    }
+}
+
+fn restore(a: &RestoreArgs) -> Result<(), Failure> {
+    if a.abi_version != RESTORE_ABI_VERSION {
+        return Err(Failure {
+            step: Step::AbiVersion,
+            errno: 0,
+            at: a.abi_version as u64,
+        });
+    }
+    rseq(&a.rseq_inherited, RSEQ_FLAG_UNREGISTER)?;
+    park_vdso(a)?;
+    unmap_old(a)?;
+    // SAFETY: the engine placed nr_vmas entries at `vmas` and nr_runs at
+    // `runs`, inside the hole, which unmap_old left alone.
+    let vmas = unsafe { core::slice::from_raw_parts(a.vmas as *const VmaEntry, a.nr_vmas as usize) };
+    // SAFETY: as above.
+    let runs =
+        unsafe { core::slice::from_raw_parts(a.runs as *const PageRunEntry, a.nr_runs as usize) };
+    map_vmas(vmas)?;
+    read_pages(a.pages_fd, runs)?;
+    finish_vmas(vmas)?;
+    place_vdso(a)?;
+    set_mm(a)?;
+    restore_signals(a)?;
+    restore_timers_and_limits(a)?;
+    // SAFETY: closing descriptors that only the restorer used.
+    let ret = unsafe { sys::syscall3(nr::CLOSE_RANGE, a.close_from as usize, a.close_to as usize, 0) };
+    check(ret, Step::CloseFds, a.close_from as u64)?;
+    // SAFETY: plain prctl on this task.
+    let ret = unsafe { sys::syscall2(nr::PRCTL, PR_SET_PDEATHSIG, a.pdeathsig as usize) };
+    check(ret, Step::Pdeathsig, a.pdeathsig as u64)?;
+    rseq(&a.rseq, 0)?;
+    // SAFETY: fs/gs base are the saved thread pointers; nothing in the
+    // restorer uses thread-local storage.
+    let ret = unsafe { sys::syscall2(nr::ARCH_PRCTL, ARCH_SET_FS, a.fs_base as usize) };
+    check(ret, Step::FsBase, a.fs_base)?;
+    // SAFETY: as above.
+    let ret = unsafe { sys::syscall2(nr::ARCH_PRCTL, ARCH_SET_GS, a.gs_base as usize) };
+    check(ret, Step::FsBase, a.gs_base)?;
+    Ok(())
+}
+
+fn rseq(conf: &RseqConf, flags: usize) -> Result<(), Failure> {
+    if conf.addr == 0 {
+        return Ok(());
+    }
+    // SAFETY: (un)registers an rseq area at the address the engine named:
+    // the inherited one is still mapped, the saved one was just restored.
+    let ret = unsafe {
+        sys::syscall4(nr::RSEQ, conf.addr as usize, conf.len as usize, flags, conf.sig as usize)
+    };
+    check(ret, Step::Rseq, conf.addr).map(|_| ())
+}
+
+/// Moves the vDSO parts that the saved task had into the hole, so that
+/// unmapping the old address space keeps them.
+fn park_vdso(a: &RestoreArgs) -> Result<(), Failure> {
+    for part in &a.vdso[..a.nr_vdso as usize] {
+        remap(part.now, part.len, part.park, Step::ParkVdso)?;
+    }
+    Ok(())
+}
+
+fn place_vdso(a: &RestoreArgs) -> Result<(), Failure> {
+    for part in &a.vdso[..a.nr_vdso as usize] {
+        remap(part.park, part.len, part.saved, Step::PlaceVdso)?;
+    }
+    Ok(())
+}
+
+fn remap(from: u64, len: u64, to: u64, step: Step) -> Result<(), Failure> {
+    if from == to {
+        return Ok(());
+    }
+    // SAFETY: moves a special mapping the engine described; nothing in the
+    // restorer refers to either range.
+    let ret = unsafe {
+        sys::syscall5(
+            nr::MREMAP,
+            from as usize,
+            len as usize,
+            len as usize,
+            MREMAP_MAYMOVE | MREMAP_FIXED,
+            to as usize,
+        )
+    };
+    check(ret, step, from).map(|_| ())
+}
+
+/// Everything outside the hole belongs to the engine's copy of rcr: drop it.
+fn unmap_old(a: &RestoreArgs) -> Result<(), Failure> {
+    // SAFETY: the restorer's code, data and stack all live in the hole.
+    let ret = unsafe { sys::syscall2(nr::MUNMAP, 0, a.hole_start as usize) };
+    check(ret, Step::UnmapOld, 0)?;
+    // SAFETY: as above.
+    let ret = unsafe {
+        sys::syscall2(nr::MUNMAP, a.hole_end as usize, (TASK_SIZE - a.hole_end) as usize)
+    };
+    check(ret, Step::UnmapOld, a.hole_end).map(|_| ())
+}
+
+fn map_vmas(vmas: &[VmaEntry]) -> Result<(), Failure> {
+    for vma in vmas {
+        let prot = if vma.has_pages != 0 {
+            vma.prot | PROT_WRITE
+        } else {
+            vma.prot
+        };
+        // SAFETY: maps at an address the saved task used and the engine
+        // checked lies outside the hole.
+        let ret = unsafe {
+            sys::syscall6(
+                nr::MMAP,
+                vma.start as usize,
+                (vma.end - vma.start) as usize,
+                prot as usize,
+                vma.flags as usize | MAP_FIXED,
+                vma.fd as usize,
+                vma.pgoff as usize,
+            )
+        };
+        check(ret, Step::MapVma, vma.start)?;
+    }
+    Ok(())
+}
+
+fn read_pages(fd: i32, runs: &[PageRunEntry]) -> Result<(), Failure> {
+    for run in runs {
+        // Faulting pages in one by one is the slow part of reading into fresh
+        // memory; populate the run first. Older kernels lack the advice: the
+        // reads below fault the pages in anyway.
+        // SAFETY: the run lies inside a VMA mapped writable above.
+        unsafe { sys::syscall3(nr::MADVISE, run.vaddr as usize, run.len as usize, MADV_POPULATE_WRITE) };
+        let mut done = 0u64;
+        while done < run.len {
+            // SAFETY: reads into the writable VMA that holds this run.
+            let ret = unsafe {
+                sys::syscall4(
+                    nr::PREAD64,
+                    fd as usize,
+                    (run.vaddr + done) as usize,
+                    (run.len - done) as usize,
+                    (run.file_off + done) as usize,
+                )
+            };
+            let n = check(ret, Step::ReadPages, run.vaddr + done)?;
+            if n == 0 {
+                return Err(Failure {
+                    step: Step::ReadPages,
+                    errno: 0,
+                    at: run.vaddr + done,
+                });
+            }
+            done += n as u64;
+        }
+    }
+    Ok(())
+}
+
+fn finish_vmas(vmas: &[VmaEntry]) -> Result<(), Failure> {
+    for vma in vmas {
+        let len = (vma.end - vma.start) as usize;
+        if vma.has_pages != 0 && vma.prot & PROT_WRITE == 0 {
+            // SAFETY: drops the temporary write permission of a VMA we mapped.
+            let ret = unsafe { sys::syscall3(nr::MPROTECT, vma.start as usize, len, vma.prot as usize) };
+            check(ret, Step::Protect, vma.start)?;
+        }
+        for (bit, advice) in MADVICE {
+            if vma.madv & bit != 0 {
+                // SAFETY: advice on a VMA we mapped.
+                let ret = unsafe { sys::syscall3(nr::MADVISE, vma.start as usize, len, advice) };
+                check(ret, Step::Advise, vma.start)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_mm(a: &RestoreArgs) -> Result<(), Failure> {
+    let mut mm = a.mm;
+    mm.auxv = a.auxv.as_ptr() as u64;
+    // SAFETY: prctl reads the struct and the auxv words, both in the hole.
+    let ret = unsafe {
+        sys::syscall5(
+            nr::PRCTL,
+            PR_SET_MM,
+            PR_SET_MM_MAP,
+            &mm as *const PrctlMmMap as usize,
+            core::mem::size_of::<PrctlMmMap>(),
+            0,
+        )
+    };
+    check(ret, Step::MmMap, mm.start_brk).map(|_| ())
+}
+
+fn restore_signals(a: &RestoreArgs) -> Result<(), Failure> {
+    for (i, act) in a.sigactions.iter().enumerate() {
+        if a.sigaction_set & (1 << i) == 0 {
+            continue;
+        }
+        // SAFETY: installs a handler the saved task had; signals stay blocked
+        // until rt_sigreturn loads the saved mask.
+        let ret = unsafe {
+            sys::syscall4(nr::RT_SIGACTION, i + 1, act as *const KernelSigaction as usize, 0, 8)
+        };
+        check(ret, Step::SigAction, i as u64 + 1)?;
+    }
+    // SAFETY: the engine placed nr_pending entries at `pending` in the hole.
+    let pending = unsafe {
+        core::slice::from_raw_parts(a.pending as *const PendingSignal, a.nr_pending as usize)
+    };
+    // SAFETY: getpid has no arguments.
+    let pid = unsafe { sys::syscall0(nr::GETPID) } as usize;
+    for sig in pending {
+        let info = sig.siginfo.as_ptr() as usize;
+        // SAFETY: queues a signal to this very task with its saved siginfo,
+        // which the kernel allows for any si_code when sender and target match.
+        let ret = unsafe {
+            if sig.shared != 0 {
+                sys::syscall3(nr::RT_SIGQUEUEINFO, pid, sig.signo as usize, info)
+            } else {
+                sys::syscall4(nr::RT_TGSIGQUEUEINFO, pid, pid, sig.signo as usize, info)
+            }
+        };
+        check(ret, Step::SigQueue, sig.signo as u64)?;
+    }
+    Ok(())
+}
+
+fn restore_timers_and_limits(a: &RestoreArgs) -> Result<(), Failure> {
+    for (which, timer) in a.itimers.iter().enumerate() {
+        if *timer == ItimerVal::default() {
+            continue;
+        }
+        // SAFETY: setitimer reads the struct; its signal stays blocked for now.
+        let ret = unsafe { sys::syscall3(nr::SETITIMER, which, timer as *const ItimerVal as usize, 0) };
+        check(ret, Step::Itimer, which as u64)?;
+    }
+    for limit in &a.rlimits[..a.nr_rlimits as usize] {
+        let value = [limit.cur, limit.max];
+        // SAFETY: prlimit64 on this task reads two u64.
+        let ret = unsafe {
+            sys::syscall4(nr::PRLIMIT64, 0, limit.resource as usize, value.as_ptr() as usize, 0)
+        };
+        check(ret, Step::Rlimit, limit.resource as u64)?;
+    }
+    Ok(())
+}
+
+/// Reports readiness with a trap rcr catches, then returns into the saved
+/// program through `rt_sigreturn`. rcr unmaps the hole after the sigreturn.
+fn finish(a: &RestoreArgs) -> ! {
+    // SAFETY: the frame at sigframe_rsp - 8 was built by the engine from the
+    // saved registers; rt_sigreturn never returns here.
+    unsafe {
+        asm!(
+            "int3",
+            "mov rsp, {rsp}",
+            "mov eax, 15",
+            "syscall",
+            "ud2",
+            rsp = in(reg) a.sigframe_rsp,
+            in("rdi") TRAP_READY,
+            options(noreturn),
+        )
+    }
+}
+
+fn trap_failed(f: Failure) -> ! {
+    // SAFETY: reports the failure in registers to the tracing rcr, which
+    // kills the task; if rcr is gone, the trap's SIGTRAP ends the task.
+    unsafe {
+        asm!(
+            "int3",
+            "2:",
+            "mov eax, 231",
+            "mov edi, 1",
+            "syscall",
+            "jmp 2b",
+            in("rdi") TRAP_FAILED,
+            in("rsi") f.step as u64,
+            in("rdx") f.errno,
+            in("rcx") f.at,
+            options(noreturn),
+        )
+    }
+}
