@@ -35,6 +35,7 @@ pub enum Step {
     CloseFds = 15,
     Pdeathsig = 16,
     Rseq = 17,
+    Comm = 18,
     /// Steps run by the engine's code in the new task, before the restorer.
     ChildSync = 32,
     ChildSession = 33,
@@ -65,6 +66,7 @@ impl Step {
             CloseFds,
             Pdeathsig,
             Rseq,
+            Comm,
             ChildSync,
             ChildSession,
             ChildFds,
@@ -94,6 +96,7 @@ impl Step {
             Step::CloseFds => "closing restore-time descriptors",
             Step::Pdeathsig => "setting the parent-death signal",
             Step::Rseq => "registering rseq",
+            Step::Comm => "setting the thread name",
             Step::ChildSync => "waiting for rcr to attach",
             Step::ChildSession => "restoring session and process group",
             Step::ChildFds => "installing file descriptors",
@@ -269,6 +272,8 @@ pub struct RestoreArgs {
     pub rseq_inherited: RseqConf,
     /// The task's own registration, made again at the end.
     pub rseq: RseqConf,
+    /// The thread name (`comm`), NUL-terminated.
+    pub comm: [u8; 16],
 }
 
 #[cfg(test)]

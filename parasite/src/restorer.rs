@@ -17,6 +17,7 @@ const MREMAP_FIXED: usize = 2;
 const PR_SET_MM: usize = 35;
 const PR_SET_MM_MAP: usize = 14;
 const PR_SET_PDEATHSIG: usize = 1;
+const PR_SET_NAME: usize = 15;
 const ARCH_SET_GS: usize = 0x1001;
 const ARCH_SET_FS: usize = 0x1002;
 const MADV_POPULATE_WRITE: usize = 23;
@@ -95,6 +96,9 @@ fn restore(a: &RestoreArgs) -> Result<(), Failure> {
     let ret = unsafe { sys::syscall2(nr::PRCTL, PR_SET_PDEATHSIG, a.pdeathsig as usize) };
     check(ret, Step::Pdeathsig, a.pdeathsig as u64)?;
     rseq(&a.rseq, 0)?;
+    // SAFETY: PR_SET_NAME reads at most 16 bytes of the NUL-terminated name.
+    let ret = unsafe { sys::syscall2(nr::PRCTL, PR_SET_NAME, a.comm.as_ptr() as usize) };
+    check(ret, Step::Comm, 0)?;
     // SAFETY: fs/gs base are the saved thread pointers; nothing in the
     // restorer uses thread-local storage.
     let ret = unsafe { sys::syscall2(nr::ARCH_PRCTL, ARCH_SET_FS, a.fs_base as usize) };

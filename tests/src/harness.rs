@@ -348,8 +348,8 @@ impl Workload {
         let log_err = log_file.try_clone().expect("dup workload log");
         use std::os::unix::process::CommandExt;
         // Reaped by pid (wait_pid) like a restored workload, not via Child.
-        #[allow(clippy::zombie_processes)]
-        let child = Command::new(program)
+        let mut child = Command::new(program);
+        child
             .args(pre_args)
             .arg(&ready)
             .arg(&result)
@@ -357,7 +357,18 @@ impl Workload {
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err)
-            .process_group(0)
+            .process_group(0);
+        // Descriptors the test runner inherited from its environment (a CI
+        // agent's pipes, say) are not the workload's state: close them.
+        // SAFETY: close_range is async-signal-safe, as pre_exec requires.
+        unsafe {
+            child.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            })
+        };
+        #[allow(clippy::zombie_processes)]
+        let child = child
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         // We reap it ourselves by pid; the Child handle is not needed.

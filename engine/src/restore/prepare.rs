@@ -141,6 +141,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
             len: r.length,
             sig: r.signature,
         }),
+        comm: comm_bytes(&thread.comm),
     };
     Ok(Prepared {
         session: session_of(&c.process),
@@ -156,6 +157,14 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         pending,
         warnings,
     })
+}
+
+/// The name as `PR_SET_NAME` takes it: at most 15 bytes and a NUL.
+fn comm_bytes(comm: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let n = comm.len().min(15);
+    out[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    out
 }
 
 fn session_of(p: &pb::ProcessEntry) -> Session {
