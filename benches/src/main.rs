@@ -45,13 +45,37 @@ fn main() {
     let freeze_ms = median(|r| r.freeze_s) * 1e3;
     let image = results[0].image_bytes;
     println!("rcr benchmark: 1 process, {mib} MiB anonymous memory, median of {runs}");
-    println!("{:<28}{:>12}", "memcpy (same run)", format!("{memcpy:.2} GB/s"));
-    println!("{:<28}{:>12}", "dump", format!("{:.2} GB/s", bytes / dump_s / 1e9));
-    println!("{:<28}{:>12}", "dump time", format!("{:.1} ms", dump_s * 1e3));
+    println!(
+        "{:<28}{:>12}",
+        "memcpy (same run)",
+        format!("{memcpy:.2} GB/s")
+    );
+    println!(
+        "{:<28}{:>12}",
+        "dump",
+        format!("{:.2} GB/s", bytes / dump_s / 1e9)
+    );
+    println!(
+        "{:<28}{:>12}",
+        "dump time",
+        format!("{:.1} ms", dump_s * 1e3)
+    );
     println!("{:<28}{:>12}", "freeze time", format!("{freeze_ms:.1} ms"));
-    println!("{:<28}{:>12}", "restore", format!("{:.2} GB/s", bytes / restore_s / 1e9));
-    println!("{:<28}{:>12}", "restore time", format!("{:.1} ms", restore_s * 1e3));
-    println!("{:<28}{:>12}", "image size", format!("{:.1} MiB", image as f64 / MIB as f64));
+    println!(
+        "{:<28}{:>12}",
+        "restore",
+        format!("{:.2} GB/s", bytes / restore_s / 1e9)
+    );
+    println!(
+        "{:<28}{:>12}",
+        "restore time",
+        format!("{:.1} ms", restore_s * 1e3)
+    );
+    println!(
+        "{:<28}{:>12}",
+        "image size",
+        format!("{:.1} MiB", image as f64 / MIB as f64)
+    );
     let json = serde_json::json!({
         "mib": mib, "runs": runs, "memcpy_gbps": memcpy,
         "dump_gbps": bytes / dump_s / 1e9, "dump_ms": dump_s * 1e3, "freeze_ms": freeze_ms,
@@ -138,7 +162,10 @@ fn workload(mib: usize) -> ! {
     // SAFETY: installs a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t) };
     std::io::stdout().write_all(b"ready\n").expect("say ready");
-    let null = std::fs::OpenOptions::new().write(true).open("/dev/null").expect("/dev/null");
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("/dev/null");
     // SAFETY: replaces fd 1 with /dev/null.
     unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) };
     drop(null);

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "rcr", version, about = "Checkpoint and restore Linux processes")]
+#[command(
+    name = "rcr",
+    version,
+    about = "Checkpoint and restore Linux processes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -61,7 +61,9 @@ fn from_info(i: &pb::CpuInfo) -> CpuSnapshot {
 /// seen and used, naming each one.
 pub fn check_restore(inv: &pb::Inventory) -> Result<()> {
     let Some(saved) = &inv.cpu else {
-        return Err(Error::Preflight("the checkpoint does not record its CPU".into()));
+        return Err(Error::Preflight(
+            "the checkpoint does not record its CPU".into(),
+        ));
     };
     let missing = features::missing_on(&from_info(saved), &CpuSnapshot::host());
     if missing.is_empty() {
@@ -92,7 +94,11 @@ mod tests {
     #[test]
     fn a_richer_cpu_is_refused_by_name() {
         let mut info = host_info();
-        for l in info.leaves.iter_mut().filter(|l| l.leaf == 7 && l.subleaf == 0) {
+        for l in info
+            .leaves
+            .iter_mut()
+            .filter(|l| l.leaf == 7 && l.subleaf == 0)
+        {
             l.ebx |= 1 << 16; // avx512f
         }
         let host_has = features::present(&CpuSnapshot::host()).contains(&"avx512f");

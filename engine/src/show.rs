@@ -63,14 +63,27 @@ fn where_was(c: &load::Checkpoint, rip: u64) -> Value {
     })
 }
 
-fn code_bytes(c: &load::Checkpoint, vma: &pb::Vma, file: Option<&pb::RegFile>, rip: u64) -> Option<Vec<u8>> {
+fn code_bytes(
+    c: &load::Checkpoint,
+    vma: &pb::Vma,
+    file: Option<&pb::RegFile>,
+    rip: u64,
+) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 16.min((vma.end - rip) as usize)];
-    let saved = c.pagemap.runs.iter().find(|r| r.vaddr <= rip && rip < r.vaddr + r.nr_pages * PAGE_SIZE);
+    let saved = c
+        .pagemap
+        .runs
+        .iter()
+        .find(|r| r.vaddr <= rip && rip < r.vaddr + r.nr_pages * PAGE_SIZE);
     match (saved, file) {
         (Some(r), _) => {
             let pages = std::fs::File::open(&c.pages_path).ok()?;
-            let n = buf.len().min((r.vaddr + r.nr_pages * PAGE_SIZE - rip) as usize);
-            pages.read_exact_at(&mut buf[..n], r.offset + rip - r.vaddr).ok()?;
+            let n = buf
+                .len()
+                .min((r.vaddr + r.nr_pages * PAGE_SIZE - rip) as usize);
+            pages
+                .read_exact_at(&mut buf[..n], r.offset + rip - r.vaddr)
+                .ok()?;
             buf.truncate(n);
         }
         (None, Some(f)) => {
@@ -100,16 +113,22 @@ fn decode(bytes: &[u8], rip: u64) -> String {
 fn symbol_at(path: &str, off: u64) -> Option<(String, u64)> {
     let data = std::fs::read(path).ok()?;
     let elf = Elf::parse(&data).ok()?;
-    let ph = elf
-        .program_headers
-        .iter()
-        .find(|p| p.p_type == goblin::elf::program_header::PT_LOAD && p.p_offset <= off && off < p.p_offset + p.p_filesz)?;
+    let ph = elf.program_headers.iter().find(|p| {
+        p.p_type == goblin::elf::program_header::PT_LOAD
+            && p.p_offset <= off
+            && off < p.p_offset + p.p_filesz
+    })?;
     let vaddr = ph.p_vaddr + off - ph.p_offset;
     let lookup = |syms: &goblin::elf::Symtab, strtab: &goblin::strtab::Strtab| {
         syms.iter()
-            .filter(|s| s.is_function() && s.st_value <= vaddr && vaddr < s.st_value + s.st_size.max(1))
-            .find_map(|s| strtab.get_at(s.st_name).map(|n| (n.to_string(), vaddr - s.st_value)))
+            .filter(|s| {
+                s.is_function() && s.st_value <= vaddr && vaddr < s.st_value + s.st_size.max(1)
+            })
+            .find_map(|s| {
+                strtab
+                    .get_at(s.st_name)
+                    .map(|n| (n.to_string(), vaddr - s.st_value))
+            })
     };
     lookup(&elf.syms, &elf.strtab).or_else(|| lookup(&elf.dynsyms, &elf.dynstrtab))
 }
-

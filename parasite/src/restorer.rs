@@ -78,7 +78,8 @@ fn restore(a: &RestoreArgs) -> Result<(), Failure> {
     unmap_old(a)?;
     // SAFETY: the engine placed nr_vmas entries at `vmas` and nr_runs at
     // `runs`, inside the hole, which unmap_old left alone.
-    let vmas = unsafe { core::slice::from_raw_parts(a.vmas as *const VmaEntry, a.nr_vmas as usize) };
+    let vmas =
+        unsafe { core::slice::from_raw_parts(a.vmas as *const VmaEntry, a.nr_vmas as usize) };
     // SAFETY: as above.
     let runs =
         unsafe { core::slice::from_raw_parts(a.runs as *const PageRunEntry, a.nr_runs as usize) };
@@ -90,7 +91,14 @@ fn restore(a: &RestoreArgs) -> Result<(), Failure> {
     restore_signals(a)?;
     restore_timers_and_limits(a)?;
     // SAFETY: closing descriptors that only the restorer used.
-    let ret = unsafe { sys::syscall3(nr::CLOSE_RANGE, a.close_from as usize, a.close_to as usize, 0) };
+    let ret = unsafe {
+        sys::syscall3(
+            nr::CLOSE_RANGE,
+            a.close_from as usize,
+            a.close_to as usize,
+            0,
+        )
+    };
     check(ret, Step::CloseFds, a.close_from as u64)?;
     // SAFETY: plain prctl on this task.
     let ret = unsafe { sys::syscall2(nr::PRCTL, PR_SET_PDEATHSIG, a.pdeathsig as usize) };
@@ -116,7 +124,13 @@ fn rseq(conf: &RseqConf, flags: usize) -> Result<(), Failure> {
     // SAFETY: (un)registers an rseq area at the address the engine named:
     // the inherited one is still mapped, the saved one was just restored.
     let ret = unsafe {
-        sys::syscall4(nr::RSEQ, conf.addr as usize, conf.len as usize, flags, conf.sig as usize)
+        sys::syscall4(
+            nr::RSEQ,
+            conf.addr as usize,
+            conf.len as usize,
+            flags,
+            conf.sig as usize,
+        )
     };
     check(ret, Step::Rseq, conf.addr).map(|_| ())
 }
@@ -163,7 +177,11 @@ fn unmap_old(a: &RestoreArgs) -> Result<(), Failure> {
     check(ret, Step::UnmapOld, 0)?;
     // SAFETY: as above.
     let ret = unsafe {
-        sys::syscall2(nr::MUNMAP, a.hole_end as usize, (TASK_SIZE - a.hole_end) as usize)
+        sys::syscall2(
+            nr::MUNMAP,
+            a.hole_end as usize,
+            (TASK_SIZE - a.hole_end) as usize,
+        )
     };
     check(ret, Step::UnmapOld, a.hole_end).map(|_| ())
 }
@@ -199,7 +217,14 @@ fn read_pages(fd: i32, runs: &[PageRunEntry]) -> Result<(), Failure> {
         // memory; populate the run first. Older kernels lack the advice: the
         // reads below fault the pages in anyway.
         // SAFETY: the run lies inside a VMA mapped writable above.
-        unsafe { sys::syscall3(nr::MADVISE, run.vaddr as usize, run.len as usize, MADV_POPULATE_WRITE) };
+        unsafe {
+            sys::syscall3(
+                nr::MADVISE,
+                run.vaddr as usize,
+                run.len as usize,
+                MADV_POPULATE_WRITE,
+            )
+        };
         let mut done = 0u64;
         while done < run.len {
             // SAFETY: reads into the writable VMA that holds this run.
@@ -231,7 +256,8 @@ fn finish_vmas(vmas: &[VmaEntry]) -> Result<(), Failure> {
         let len = (vma.end - vma.start) as usize;
         if vma.has_pages != 0 && vma.prot & PROT_WRITE == 0 {
             // SAFETY: drops the temporary write permission of a VMA we mapped.
-            let ret = unsafe { sys::syscall3(nr::MPROTECT, vma.start as usize, len, vma.prot as usize) };
+            let ret =
+                unsafe { sys::syscall3(nr::MPROTECT, vma.start as usize, len, vma.prot as usize) };
             check(ret, Step::Protect, vma.start)?;
         }
         for (bit, advice) in MADVICE {
@@ -270,7 +296,13 @@ fn restore_signals(a: &RestoreArgs) -> Result<(), Failure> {
         // SAFETY: installs a handler the saved task had; signals stay blocked
         // until rt_sigreturn loads the saved mask.
         let ret = unsafe {
-            sys::syscall4(nr::RT_SIGACTION, i + 1, act as *const KernelSigaction as usize, 0, 8)
+            sys::syscall4(
+                nr::RT_SIGACTION,
+                i + 1,
+                act as *const KernelSigaction as usize,
+                0,
+                8,
+            )
         };
         check(ret, Step::SigAction, i as u64 + 1)?;
     }
@@ -302,14 +334,21 @@ fn restore_timers_and_limits(a: &RestoreArgs) -> Result<(), Failure> {
             continue;
         }
         // SAFETY: setitimer reads the struct; its signal stays blocked for now.
-        let ret = unsafe { sys::syscall3(nr::SETITIMER, which, timer as *const ItimerVal as usize, 0) };
+        let ret =
+            unsafe { sys::syscall3(nr::SETITIMER, which, timer as *const ItimerVal as usize, 0) };
         check(ret, Step::Itimer, which as u64)?;
     }
     for limit in &a.rlimits[..a.nr_rlimits as usize] {
         let value = [limit.cur, limit.max];
         // SAFETY: prlimit64 on this task reads two u64.
         let ret = unsafe {
-            sys::syscall4(nr::PRLIMIT64, 0, limit.resource as usize, value.as_ptr() as usize, 0)
+            sys::syscall4(
+                nr::PRLIMIT64,
+                0,
+                limit.resource as usize,
+                value.as_ptr() as usize,
+                0,
+            )
         };
         check(ret, Step::Rlimit, limit.resource as u64)?;
     }

@@ -6,22 +6,28 @@
 use crate::error::{Error, Result};
 use crate::infect::parasite::Parasite;
 use crate::objects::memory::{DumpRun, PAGE_SIZE};
-use rcr_images::pb;
 use rcr_images::pages::{checksum, pages_header, PAGES_HEADER_SIZE};
+use rcr_images::pb;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// Writes every run and returns the page map with checksums.
-pub fn write_pages(pid: i32, parasite: &mut Parasite, runs: &[DumpRun], path: &Path) -> Result<pb::PageMap> {
+pub fn write_pages(
+    pid: i32,
+    parasite: &mut Parasite,
+    runs: &[DumpRun],
+    path: &Path,
+) -> Result<pb::PageMap> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
-    file.write_all(&pages_header()).map_err(|e| Error::io(path, e))?;
+    file.write_all(&pages_header())
+        .map_err(|e| Error::io(path, e))?;
     let mut offset = PAGES_HEADER_SIZE;
     let mut map = pb::PageMap::default();
     let mut i = 0;
@@ -61,7 +67,13 @@ pub fn write_pages(pid: i32, parasite: &mut Parasite, runs: &[DumpRun], path: &P
     Ok(map)
 }
 
-fn copy_through_proc_mem(pid: i32, runs: &[DumpRun], out: &File, mut offset: u64, path: &Path) -> Result<()> {
+fn copy_through_proc_mem(
+    pid: i32,
+    runs: &[DumpRun],
+    out: &File,
+    mut offset: u64,
+    path: &Path,
+) -> Result<()> {
     let mem_path = format!("/proc/{pid}/mem");
     let mem = File::open(&mem_path).map_err(|e| Error::io(&mem_path, e))?;
     let mut buf = vec![0u8; 1 << 20];
@@ -71,7 +83,8 @@ fn copy_through_proc_mem(pid: i32, runs: &[DumpRun], out: &File, mut offset: u64
             let n = ((r.end - addr) as usize).min(buf.len());
             mem.read_exact_at(&mut buf[..n], addr)
                 .map_err(|e| Error::io(format!("{mem_path} at {addr:#x}"), e))?;
-            out.write_all_at(&buf[..n], offset).map_err(|e| Error::io(path, e))?;
+            out.write_all_at(&buf[..n], offset)
+                .map_err(|e| Error::io(path, e))?;
             addr += n as u64;
             offset += n as u64;
         }

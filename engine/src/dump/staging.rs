@@ -87,7 +87,10 @@ mod tests {
         std::fs::write(s.path().join("x"), b"1").unwrap();
         s.commit().unwrap();
         assert!(target.join("x").exists());
-        assert!(matches!(Staging::create(&target), Err(Error::DirNotEmpty { .. })));
+        assert!(matches!(
+            Staging::create(&target),
+            Err(Error::DirNotEmpty { .. })
+        ));
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -37,9 +37,16 @@ impl FileTableBuilder {
         }
         let meta = std::fs::metadata(path).map_err(|e| Error::Unsupported {
             pid,
-            what: format!("the mapped file {} cannot be examined ({e})", path.display()),
+            what: format!(
+                "the mapped file {} cannot be examined ({e})",
+                path.display()
+            ),
         })?;
-        let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY };
+        let flags = if writable {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        };
         let id = self.add(reg_file(path, flags as u32, 0, &meta));
         self.mapped.insert((path.to_path_buf(), writable), id);
         Ok(id)
@@ -88,7 +95,10 @@ fn kind_of(target: &FdTarget, meta: Option<&std::fs::Metadata>) -> String {
                 _ => format!("an {name}"),
             }
         }
-        FdTarget::Path { path, deleted: true } if path.starts_with("/memfd:") => "a memfd".into(),
+        FdTarget::Path {
+            path,
+            deleted: true,
+        } if path.starts_with("/memfd:") => "a memfd".into(),
         FdTarget::Path { deleted: true, .. } => "a deleted file".into(),
         FdTarget::Path { .. } => match meta.map(|m| m.file_type()) {
             Some(t) if t.is_fifo() => "a FIFO".into(),
@@ -110,7 +120,9 @@ fn kind_of(target: &FdTarget, meta: Option<&std::fs::Metadata>) -> String {
 
 fn supported(meta: &std::fs::Metadata) -> bool {
     let t = meta.file_type();
-    t.is_file() || t.is_dir() || (t.is_char_device() && libc::major(meta.rdev()) == MEM_DEVICE_MAJOR)
+    t.is_file()
+        || t.is_dir()
+        || (t.is_char_device() && libc::major(meta.rdev()) == MEM_DEVICE_MAJOR)
 }
 
 /// One descriptor of the task, examined but not yet stored.
@@ -132,7 +144,13 @@ pub fn examine_fds(pid: i32) -> Result<Vec<ExaminedFd>> {
         let proc_path = format!("/proc/{pid}/fd/{fd}");
         let meta = std::fs::metadata(&proc_path).ok();
         let path = match (&target, &meta) {
-            (FdTarget::Path { path, deleted: false }, Some(m)) if supported(m) => PathBuf::from(path),
+            (
+                FdTarget::Path {
+                    path,
+                    deleted: false,
+                },
+                Some(m),
+            ) if supported(m) => PathBuf::from(path),
             _ => {
                 return Err(Error::UnsupportedFd {
                     pid,
@@ -159,7 +177,11 @@ pub struct ExaminedFd(OpenFd);
 
 /// Stores the examined descriptors: one file entry per open file
 /// description, found with kcmp(KCMP_FILE).
-pub fn dump_fds(pid: i32, fds: Vec<ExaminedFd>, files: &mut FileTableBuilder) -> Result<Vec<pb::Fd>> {
+pub fn dump_fds(
+    pid: i32,
+    fds: Vec<ExaminedFd>,
+    files: &mut FileTableBuilder,
+) -> Result<Vec<pb::Fd>> {
     let mut seen: Vec<(i32, u64, u64, u32)> = Vec::new();
     let mut out = Vec::with_capacity(fds.len());
     for ExaminedFd(f) in fds {
@@ -247,10 +269,11 @@ pub fn check_unchanged(file: &pb::RegFile, fd: &OwnedFd) -> Result<()> {
 
 /// The saved regular file with this id.
 pub fn reg_by_id(table: &pb::FileTable, id: u32) -> Option<&pb::RegFile> {
-    table.files.iter().find(|f| f.id == id).and_then(|f| match &f.kind {
-        Some(Kind::Reg(r)) => Some(r),
-        None => None,
-    })
+    table
+        .files
+        .iter()
+        .find(|f| f.id == id)
+        .and_then(|f| f.kind.as_ref().map(|Kind::Reg(r)| r))
 }
 
 #[cfg(test)]

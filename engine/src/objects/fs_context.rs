@@ -31,7 +31,12 @@ pub fn open_cwd(cwd: &str) -> Result<OwnedFd> {
     let c = CString::new(std::path::Path::new(cwd).as_os_str().as_bytes())
         .map_err(|_| Error::Preflight(format!("cwd {cwd} holds a NUL byte")))?;
     // SAFETY: open with a valid C string; the result is checked.
-    let raw = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let raw = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
     if raw < 0 {
         return Err(Error::Preflight(format!(
             "the working directory {cwd} cannot be opened: {}",

@@ -54,9 +54,10 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
         MapName::Anonymous | MapName::Heap | MapName::Stack => anon_kind(m.shared),
         MapName::Other(name) if name.starts_with("[anon:") => anon_kind(m.shared),
         // Shared anonymous memory is backed by an unlinked /dev/zero inode.
-        MapName::Path { path, deleted: true } if path == "/dev/zero" && m.shared => {
-            anon_kind(true)
-        }
+        MapName::Path {
+            path,
+            deleted: true,
+        } if path == "/dev/zero" && m.shared => anon_kind(true),
         MapName::Path {
             path,
             deleted: false,
@@ -76,10 +77,7 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
         } => {
             return Err(Error::Unsupported {
                 pid,
-                what: format!(
-                    "the mapping at {:#x} of the deleted file {path}",
-                    m.start
-                ),
+                what: format!("the mapping at {:#x} of the deleted file {path}", m.start),
             })
         }
         MapName::Other(name) => {
@@ -233,7 +231,10 @@ pub fn validate(vmas: &[pb::Vma], runs: &[pb::PageRun]) -> std::result::Result<(
             return Err(format!("VMA {:#x}-{:#x} is malformed", v.start, v.end));
         }
         if v.start < prev_end {
-            return Err(format!("VMA {:#x}-{:#x} overlaps the one before", v.start, v.end));
+            return Err(format!(
+                "VMA {:#x}-{:#x} overlaps the one before",
+                v.start, v.end
+            ));
         }
         prev_end = v.end;
     }
@@ -245,7 +246,10 @@ pub fn validate(vmas: &[pb::Vma], runs: &[pb::PageRun]) -> std::result::Result<(
             .and_then(|len| r.vaddr.checked_add(len))
             .ok_or_else(|| format!("page run at {:#x} is too long", r.vaddr))?;
         if r.vaddr % PAGE_SIZE != 0 || r.nr_pages == 0 || r.vaddr < prev_run_end {
-            return Err(format!("page run at {:#x} is malformed or out of order", r.vaddr));
+            return Err(format!(
+                "page run at {:#x} is malformed or out of order",
+                r.vaddr
+            ));
         }
         prev_run_end = end;
         let i = vmas.partition_point(|v| v.end <= r.vaddr);
@@ -298,17 +302,29 @@ mod tests {
     #[test]
     fn validate_refuses_bad_layouts() {
         let vmas = [vma(0x1000, 0x5000, VmaKind::AnonPrivate)];
-        assert!(validate(&vmas, &[run(0x4000, 2)]).is_err(), "run past the VMA");
+        assert!(
+            validate(&vmas, &[run(0x4000, 2)]).is_err(),
+            "run past the VMA"
+        );
         assert!(validate(&vmas, &[run(0x6000, 1)]).is_err(), "run in no VMA");
-        assert!(validate(&vmas, &[run(0x3000, 1), run(0x2000, 1)]).is_err(), "unsorted");
+        assert!(
+            validate(&vmas, &[run(0x3000, 1), run(0x2000, 1)]).is_err(),
+            "unsorted"
+        );
         let shared = [vma(0x1000, 0x5000, VmaKind::FileShared)];
-        assert!(validate(&shared, &[run(0x1000, 1)]).is_err(), "pages in a shared file VMA");
+        assert!(
+            validate(&shared, &[run(0x1000, 1)]).is_err(),
+            "pages in a shared file VMA"
+        );
         let overlap = [
             vma(0x1000, 0x5000, VmaKind::AnonPrivate),
             vma(0x4000, 0x6000, VmaKind::AnonPrivate),
         ];
         assert!(validate(&overlap, &[]).is_err());
-        assert!(validate(&vmas, &[run(0x1000, u64::MAX / 2)]).is_err(), "overflow");
+        assert!(
+            validate(&vmas, &[run(0x1000, u64::MAX / 2)]).is_err(),
+            "overflow"
+        );
     }
 
     #[test]
@@ -322,7 +338,9 @@ mod tests {
             vma(0x5000, 0x7000, VmaKind::Vdso),
             file,
         ];
-        let entries = restore_entries(&vmas, &[run(0x2000, 1), run(0x11000, 1)], |id| id as i32 + 100);
+        let entries = restore_entries(&vmas, &[run(0x2000, 1), run(0x11000, 1)], |id| {
+            id as i32 + 100
+        });
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[0].has_pages, 1);
         assert_eq!(entries[1].has_pages, 0);

@@ -29,7 +29,11 @@ pub fn dump_mm_fields(stat: &Stat, brk: u64, auxv: &[(u64, u64)]) -> pb::Mm {
 
 /// Restore side: the prctl_mm_map (auxv pointer filled in by the restorer)
 /// and the auxv words.
-pub fn restore_mm_fields(pid: i32, mm: &pb::Mm, exe_fd: i32) -> Result<(PrctlMmMap, [u64; AUXV_WORDS])> {
+pub fn restore_mm_fields(
+    pid: i32,
+    mm: &pb::Mm,
+    exe_fd: i32,
+) -> Result<(PrctlMmMap, [u64; AUXV_WORDS])> {
     if mm.auxv.len() > AUXV_WORDS {
         return Err(Error::Invalid {
             path: format!("mm-{pid}.img").into(),

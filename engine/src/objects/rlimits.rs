@@ -33,7 +33,10 @@ fn prlimit(pid: i32, resource: u32) -> Result<(u64, u64)> {
 /// Restore side: the limits to set in the new task, which starts with rcr's.
 /// A hard limit above rcr's own cannot be raised without CAP_SYS_RESOURCE:
 /// such a limit is kept at rcr's hard limit and reported in `warnings`.
-pub fn restore_rlimits(saved: &[pb::Rlimit], warnings: &mut Vec<String>) -> Result<Vec<RlimitEntry>> {
+pub fn restore_rlimits(
+    saved: &[pb::Rlimit],
+    warnings: &mut Vec<String>,
+) -> Result<Vec<RlimitEntry>> {
     let mut out = Vec::new();
     for l in saved.iter().filter(|l| l.resource < NLIMITS) {
         let (cur, max) = prlimit(0, l.resource)?;
@@ -75,9 +78,22 @@ fn can_raise_hard() -> bool {
 
 fn name(resource: u32) -> &'static str {
     const NAMES: [&str; 16] = [
-        "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CORE", "RLIMIT_RSS",
-        "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_MEMLOCK", "RLIMIT_AS", "RLIMIT_LOCKS",
-        "RLIMIT_SIGPENDING", "RLIMIT_MSGQUEUE", "RLIMIT_NICE", "RLIMIT_RTPRIO", "RLIMIT_RTTIME",
+        "RLIMIT_CPU",
+        "RLIMIT_FSIZE",
+        "RLIMIT_DATA",
+        "RLIMIT_STACK",
+        "RLIMIT_CORE",
+        "RLIMIT_RSS",
+        "RLIMIT_NPROC",
+        "RLIMIT_NOFILE",
+        "RLIMIT_MEMLOCK",
+        "RLIMIT_AS",
+        "RLIMIT_LOCKS",
+        "RLIMIT_SIGPENDING",
+        "RLIMIT_MSGQUEUE",
+        "RLIMIT_NICE",
+        "RLIMIT_RTPRIO",
+        "RLIMIT_RTTIME",
     ];
     NAMES.get(resource as usize).copied().unwrap_or("RLIMIT_?")
 }

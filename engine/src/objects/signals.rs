@@ -11,7 +11,9 @@ fn fixed(signo: u32) -> bool {
 }
 
 /// Dump side: keeps every handler that is not the default.
-pub fn dump_sigactions(actions: impl IntoIterator<Item = (u32, KernelSigaction)>) -> Vec<pb::SigAction> {
+pub fn dump_sigactions(
+    actions: impl IntoIterator<Item = (u32, KernelSigaction)>,
+) -> Vec<pb::SigAction> {
     actions
         .into_iter()
         .filter(|(signo, a)| !fixed(*signo) && *a != KernelSigaction::default())
@@ -36,7 +38,10 @@ pub fn restore_sigactions(saved: &[pb::SigAction]) -> (u64, [KernelSigaction; 64
             set |= 1 << (signo - 1);
         }
     }
-    for a in saved.iter().filter(|a| (1..=64).contains(&a.signo) && !fixed(a.signo)) {
+    for a in saved
+        .iter()
+        .filter(|a| (1..=64).contains(&a.signo) && !fixed(a.signo))
+    {
         actions[a.signo as usize - 1] = KernelSigaction {
             handler: a.handler,
             flags: a.flags,

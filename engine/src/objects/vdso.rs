@@ -28,7 +28,10 @@ fn kind_name(kind: VmaKind) -> &'static str {
 
 /// Bytes of hole space needed to park the current block.
 pub fn park_size(current: &[MapsEntry]) -> u64 {
-    let parts: Vec<_> = current.iter().filter(|m| kind_of(&m.name).is_some()).collect();
+    let parts: Vec<_> = current
+        .iter()
+        .filter(|m| kind_of(&m.name).is_some())
+        .collect();
     match (parts.first(), parts.last()) {
         (Some(lo), Some(hi)) => hi.end - lo.start,
         _ => 0,
@@ -45,10 +48,7 @@ pub fn plan(saved: &[pb::Vma], current: &[MapsEntry], park_at: u64) -> Result<Ve
         .filter_map(|m| kind_of(&m.name).map(|k| (k, m.start, m.end)))
         .collect();
     let now_lo = now.iter().map(|p| p.1).min().unwrap_or(0);
-    let saved_parts: Vec<&pb::Vma> = saved
-        .iter()
-        .filter(|v| KINDS.contains(&v.kind()))
-        .collect();
+    let saved_parts: Vec<&pb::Vma> = saved.iter().filter(|v| KINDS.contains(&v.kind())).collect();
     let saved_lo = saved_parts.iter().map(|v| v.start).min().unwrap_or(0);
     let mut out = Vec::new();
     for v in saved_parts {

@@ -81,7 +81,13 @@ pub fn run(plan: &ChildPlan) -> ! {
     let want = std::mem::size_of::<RseqConf>();
     // SAFETY: reads the inherited rseq registration that rcr sends once it
     // has attached, into a local of exactly that size.
-    let n = unsafe { libc::read(plan.sync_fd, &mut rseq as *mut RseqConf as *mut libc::c_void, want) };
+    let n = unsafe {
+        libc::read(
+            plan.sync_fd,
+            &mut rseq as *mut RseqConf as *mut libc::c_void,
+            want,
+        )
+    };
     if n != want as isize {
         fail(Step::ChildSync, n as i64);
     }
@@ -101,17 +107,29 @@ pub fn run(plan: &ChildPlan) -> ! {
             if i.src == i.target {
                 continue;
             }
-            sys(libc::dup3(i.src, i.target, flags) as libc::c_long, Step::ChildFds);
+            sys(
+                libc::dup3(i.src, i.target, flags) as libc::c_long,
+                Step::ChildFds,
+            );
         }
         sys(libc::fchdir(plan.cwd_fd) as libc::c_long, Step::ChildCwd);
         libc::umask(plan.umask as libc::mode_t);
         // Last, as it also closes the sync pipe, the cwd handle and the sources.
         for &(lo, hi) in plan.close {
-            sys(libc::syscall(libc::SYS_close_range, lo, hi, 0), Step::ChildFds);
+            sys(
+                libc::syscall(libc::SYS_close_range, lo, hi, 0),
+                Step::ChildFds,
+            );
         }
         let all: u64 = !0;
         sys(
-            libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all, 0usize, 8usize),
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &all,
+                0usize,
+                8usize,
+            ),
             Step::ChildHole,
         );
         let addr = libc::mmap(

@@ -93,7 +93,11 @@ pub fn create(pid: i32, plan: &mut ChildPlan, sync_min_fd: i32, release: &Releas
     // SAFETY: clone3 without CLONE_VM is a fork: the child gets a copy of our
     // memory and runs `child::run`, which only makes raw syscalls.
     let ret = unsafe {
-        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
     };
     if ret == 0 {
         child::run(plan);
@@ -155,7 +159,13 @@ fn attach(pid: i32, sync_w: &OwnedFd) -> Result<()> {
     ptrace::cont(pid, 0).map_err(traced(pid))?;
     let n = std::mem::size_of::<RseqConf>();
     // SAFETY: writes the bytes of a plain struct to our pipe.
-    let written = unsafe { libc::write(sync_w.as_raw_fd(), &rseq as *const RseqConf as *const libc::c_void, n) };
+    let written = unsafe {
+        libc::write(
+            sync_w.as_raw_fd(),
+            &rseq as *const RseqConf as *const libc::c_void,
+            n,
+        )
+    };
     if written != n as isize {
         return Err(Error::io("pipe", std::io::Error::last_os_error()));
     }

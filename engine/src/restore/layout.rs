@@ -52,7 +52,10 @@ pub fn hole_layout(
     let vmas = align_up(args + size_of::<RestoreArgs>() as u64, 64);
     let runs = align_up(vmas + (nr_vmas * size_of::<VmaEntry>()) as u64, 64);
     let pending = align_up(runs + (nr_runs * size_of::<PageRunEntry>()) as u64, 64);
-    let frame = align_up(pending + (nr_pending * size_of::<PendingSignal>()) as u64, 64);
+    let frame = align_up(
+        pending + (nr_pending * size_of::<PendingSignal>()) as u64,
+        64,
+    );
     let stack_bottom = page_up(frame + frame_len);
     let stack_top = stack_bottom + STACK_SIZE;
     let park = stack_top;

@@ -83,14 +83,20 @@ fn check_references(c: &Checkpoint) -> std::result::Result<(), String> {
     for v in &c.mm.vmas {
         let file_backed = matches!(v.kind(), VmaKind::FilePrivate | VmaKind::FileShared);
         if file_backed && !has(v.file_id) {
-            return Err(format!("VMA {:#x} maps file id {} which is not stored", v.start, v.file_id));
+            return Err(format!(
+                "VMA {:#x} maps file id {} which is not stored",
+                v.start, v.file_id
+            ));
         }
         if v.kind() == VmaKind::Unspecified {
             return Err(format!("VMA {:#x} has no kind", v.start));
         }
     }
     if c.mm.exe_file_id != 0 && !has(c.mm.exe_file_id) {
-        return Err(format!("the exe file id {} is not stored", c.mm.exe_file_id));
+        return Err(format!(
+            "the exe file id {} is not stored",
+            c.mm.exe_file_id
+        ));
     }
     let mut seen = std::collections::HashSet::new();
     for fd in &c.fs.fds {
@@ -98,7 +104,10 @@ fn check_references(c: &Checkpoint) -> std::result::Result<(), String> {
             return Err(format!("fd {} is negative or stored twice", fd.fd));
         }
         if !has(fd.file_id) {
-            return Err(format!("fd {} refers to file id {} which is not stored", fd.fd, fd.file_id));
+            return Err(format!(
+                "fd {} refers to file id {} which is not stored",
+                fd.fd, fd.file_id
+            ));
         }
     }
     Ok(())

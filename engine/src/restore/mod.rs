@@ -92,7 +92,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     put_slice(&mut image, l.pending, &prepared.pending);
     debug_assert!(l.args + size_of::<rcr_parasite::restore_abi::RestoreArgs>() as u64 <= l.vmas);
 
-    let sources_end = prepared.sources.last().map_or(prepared.fd_base, |f| f.as_raw_fd());
+    let sources_end = prepared
+        .sources
+        .last()
+        .map_or(prepared.fd_base, |f| f.as_raw_fd());
     let restorer_end = prepared.fd_base + prepared.restorer_fds.len() as i32;
     let close = close_ranges(
         prepared.installs.iter().map(|i| i.target),
@@ -129,7 +132,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
 /// Descriptor ranges the new task closes: everything below `keep_from` that is
 /// not a target, and everything from the restorer's descriptors' end on
 /// (the install sources, the cwd handle, the sync pipe, rcr's own).
-fn close_ranges(targets: impl Iterator<Item = i32>, keep_from: i32, restorer_end: i32) -> Vec<(u32, u32)> {
+fn close_ranges(
+    targets: impl Iterator<Item = i32>,
+    keep_from: i32,
+    restorer_end: i32,
+) -> Vec<(u32, u32)> {
     let mut targets: Vec<i32> = targets.collect();
     targets.sort_unstable();
     targets.dedup();
@@ -145,18 +152,6 @@ fn close_ranges(targets: impl Iterator<Item = i32>, keep_from: i32, restorer_end
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::close_ranges;
-
-    #[test]
-    fn closes_gaps_and_everything_past_the_restorer() {
-        let ranges = close_ranges([0, 1, 2, 7, 100].into_iter(), 101, 104);
-        assert_eq!(ranges, vec![(3, 6), (8, 99), (104, u32::MAX)]);
-        assert_eq!(close_ranges(std::iter::empty(), 3, 5), vec![(0, 2), (5, u32::MAX)]);
-    }
-}
-
 /// The saved pid must be free; say so before anything is created.
 fn preflight_pid(pid: i32) -> Result<()> {
     // SAFETY: signal 0 only checks for existence.
@@ -165,4 +160,19 @@ fn preflight_pid(pid: i32) -> Result<()> {
         return Err(Error::PidTaken { pid });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::close_ranges;
+
+    #[test]
+    fn closes_gaps_and_everything_past_the_restorer() {
+        let ranges = close_ranges([0, 1, 2, 7, 100].into_iter(), 101, 104);
+        assert_eq!(ranges, vec![(3, 6), (8, 99), (104, u32::MAX)]);
+        assert_eq!(
+            close_ranges(std::iter::empty(), 3, 5),
+            vec![(0, 2), (5, u32::MAX)]
+        );
+    }
 }

@@ -44,7 +44,9 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
     let mut mapped: BTreeMap<u32, usize> = BTreeMap::new();
     for v in &c.mm.vmas {
         let kind = v.kind();
-        if !matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) || mapped.contains_key(&v.file_id) {
+        if !matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared)
+            || mapped.contains_key(&v.file_id)
+        {
             continue;
         }
         let reg = files::reg_by_id(&c.files, v.file_id).expect("checked at load");
@@ -84,16 +86,15 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
     let fd_base = (max_target + 1).max(highest_open_fd() + 1);
     let restorer_fds = renumber(restorer_fds, fd_base, true)?;
     let sources = renumber(sources, fd_base + restorer_fds.len() as i32, false)?;
-    let installs = c
-        .fs
-        .fds
-        .iter()
-        .map(|f| FdInstall {
-            src: sources[by_file[&f.file_id]].as_raw_fd(),
-            target: f.fd,
-            cloexec: f.cloexec,
-        })
-        .collect();
+    let installs =
+        c.fs.fds
+            .iter()
+            .map(|f| FdInstall {
+                src: sources[by_file[&f.file_id]].as_raw_fd(),
+                target: f.fd,
+                cloexec: f.cloexec,
+            })
+            .collect();
     let cwd_fd = sources.last().expect("cwd is always there").as_raw_fd();
 
     let vmas = memory::restore_entries(&c.mm.vmas, &c.pagemap.runs, |id| {
