@@ -267,6 +267,11 @@ pub fn check_unchanged(file: &pb::RegFile, fd: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
+/// Whether `file` is the binary rcr itself runs from.
+pub fn is_own_exe(file: &pb::RegFile) -> bool {
+    std::fs::metadata("/proc/self/exe").is_ok_and(|m| m.dev() == file.dev && m.ino() == file.ino)
+}
+
 /// The saved regular file with this id.
 pub fn reg_by_id(table: &pb::FileTable, id: u32) -> Option<&pb::RegFile> {
     table

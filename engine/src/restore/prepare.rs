@@ -57,15 +57,18 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         mapped.insert(v.file_id, restorer_fds.len());
         restorer_fds.push(fd);
     }
+    // The new task starts as a copy of rcr, so its exe link already names
+    // the right file when the program is rcr's own binary; the kernel would
+    // refuse to set it again while that file is mapped (EBUSY).
     let exe_index = match files::reg_by_id(&c.files, c.mm.exe_file_id) {
-        Some(reg) => {
+        Some(reg) if !files::is_own_exe(reg) => {
             let mut exe = reg.clone();
             exe.flags = libc::O_RDONLY as u32;
             exe.pos = 0;
             restorer_fds.push(files::open_saved(&exe)?);
             Some(restorer_fds.len() - 1)
         }
-        None => None,
+        _ => None,
     };
 
     // Descriptors that become the task's.
