@@ -5,6 +5,8 @@
 //! a [`RestoreArgs`], then the arrays it points to, the signal frame and the
 //! restorer's stack. Every pointer in here is an absolute address in the task.
 
+pub use crate::parasite_abi::{Itimerval, KernelSigaction, Timeval};
+
 /// Bumped whenever a layout below changes; the restorer refuses a mismatch.
 pub const RESTORE_ABI_VERSION: u32 = 1;
 
@@ -13,6 +15,30 @@ pub const TRAP_READY: u64 = 0x7263_725f_7265_6479; // "rcr_redy"
 /// `rdi` at a trap that reports a failure: `rsi` = [`Step`], `rdx` = errno,
 /// `rcx` = the address or index the step was working on.
 pub const TRAP_FAILED: u64 = 0x7263_725f_6661_696c; // "rcr_fail"
+
+/// Reports a failed step to the tracing rcr: a trap with [`TRAP_FAILED`] in
+/// `rdi`, the step in `rsi`, the errno in `rdx` and `at` in `rcx`. rcr kills
+/// the task; should rcr be gone, the trap's SIGTRAP ends it. Used by the
+/// restorer and by the engine's code that runs in the new task before it.
+#[inline(always)]
+pub fn trap_failed(step: Step, errno: u64, at: u64) -> ! {
+    // SAFETY: only traps and exits; touches no memory.
+    unsafe {
+        core::arch::asm!(
+            "int3",
+            "2:",
+            "mov eax, 231",
+            "mov edi, 1",
+            "syscall",
+            "jmp 2b",
+            in("rdi") TRAP_FAILED,
+            in("rsi") step as u64,
+            in("rdx") errno,
+            in("rcx") at,
+            options(noreturn),
+        )
+    }
+}
 
 /// Where a restore failed; reported through the final trap.
 #[repr(u64)]
@@ -159,26 +185,6 @@ pub struct VdsoPart {
     pub len: u64,
 }
 
-/// The kernel's `struct sigaction` as `rt_sigaction` takes it on x86_64.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelSigaction {
-    pub handler: u64,
-    pub flags: u64,
-    pub restorer: u64,
-    pub mask: u64,
-}
-
-/// `struct timeval` pairs of `struct itimerval`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ItimerVal {
-    pub interval_sec: i64,
-    pub interval_usec: i64,
-    pub value_sec: i64,
-    pub value_usec: i64,
-}
-
 /// `struct rlimit64` with its resource number.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -256,7 +262,7 @@ pub struct RestoreArgs {
     /// Bit `n - 1` set: install `sigactions[n - 1]` for signal `n`.
     pub sigaction_set: u64,
     pub sigactions: [KernelSigaction; 64],
-    pub itimers: [ItimerVal; 3],
+    pub itimers: [Itimerval; 3],
     pub rlimits: [RlimitEntry; 16],
     pub nr_rlimits: u64,
     pub pending: u64,
@@ -293,7 +299,7 @@ mod tests {
     #[test]
     fn kernel_sigaction_and_itimerval_match_uapi() {
         assert_eq!(size_of::<KernelSigaction>(), 32);
-        assert_eq!(size_of::<ItimerVal>(), 32);
+        assert_eq!(size_of::<Itimerval>(), 32);
         assert_eq!(size_of::<PendingSignal>(), 136);
     }
 

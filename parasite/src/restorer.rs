@@ -61,7 +61,7 @@ pub extern "C" fn rcr_restorer_main(args: *const RestoreArgs) -> ! {
     let args = unsafe { &*args };
     match restore(args) {
         Ok(()) => finish(args),
-        Err(f) => trap_failed(f),
+        Err(f) => trap_failed(f.step, f.errno, f.at),
     }
 }
 
@@ -330,12 +330,12 @@ fn restore_signals(a: &RestoreArgs) -> Result<(), Failure> {
 
 fn restore_timers_and_limits(a: &RestoreArgs) -> Result<(), Failure> {
     for (which, timer) in a.itimers.iter().enumerate() {
-        if *timer == ItimerVal::default() {
+        if *timer == Itimerval::default() {
             continue;
         }
         // SAFETY: setitimer reads the struct; its signal stays blocked for now.
         let ret =
-            unsafe { sys::syscall3(nr::SETITIMER, which, timer as *const ItimerVal as usize, 0) };
+            unsafe { sys::syscall3(nr::SETITIMER, which, timer as *const Itimerval as usize, 0) };
         check(ret, Step::Itimer, which as u64)?;
     }
     for limit in &a.rlimits[..a.nr_rlimits as usize] {
@@ -369,26 +369,6 @@ fn finish(a: &RestoreArgs) -> ! {
             "ud2",
             rsp = in(reg) a.sigframe_rsp,
             in("rdi") TRAP_READY,
-            options(noreturn),
-        )
-    }
-}
-
-fn trap_failed(f: Failure) -> ! {
-    // SAFETY: reports the failure in registers to the tracing rcr, which
-    // kills the task; if rcr is gone, the trap's SIGTRAP ends the task.
-    unsafe {
-        asm!(
-            "int3",
-            "2:",
-            "mov eax, 231",
-            "mov edi, 1",
-            "syscall",
-            "jmp 2b",
-            in("rdi") TRAP_FAILED,
-            in("rsi") f.step as u64,
-            in("rdx") f.errno,
-            in("rcx") f.at,
             options(noreturn),
         )
     }

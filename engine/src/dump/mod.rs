@@ -13,7 +13,6 @@ use crate::proc::{auxv, pagemap::PageScanner, smaps, stat, status, tasks};
 use crate::ptrace;
 use rcr_images::{self as images, pb, ImageDir};
 use rcr_parasite::parasite_abi;
-use rcr_parasite::restore_abi::{ItimerVal, KernelSigaction};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -224,21 +223,7 @@ fn collect_inside(pid: i32, vmas: &[pb::Vma], dir: &ImageDir) -> Result<Inside> 
     let misc = parasite.get_misc()?;
     let pages = pages::write_pages(pid, &mut parasite, &runs, &dir.pages(pid))?;
     parasite.cure()?;
-    let sigactions = signals::dump_sigactions(actions.actions.iter().enumerate().map(|(i, a)| {
-        let action = KernelSigaction {
-            handler: a.handler,
-            flags: a.flags,
-            restorer: a.restorer,
-            mask: a.mask,
-        };
-        (i as u32 + 1, action)
-    }));
-    let itimer = |t: &parasite_abi::Itimerval| ItimerVal {
-        interval_sec: t.interval.sec,
-        interval_usec: t.interval.usec,
-        value_sec: t.value.sec,
-        value_usec: t.value.usec,
-    };
+    let sigactions = signals::dump_sigactions((1..).zip(actions.actions.iter().copied()));
     Ok(Inside {
         sigactions,
         altstack: pb::SigAltStack {
@@ -246,7 +231,7 @@ fn collect_inside(pid: i32, vmas: &[pb::Vma], dir: &ImageDir) -> Result<Inside> 
             size: alt.size,
             flags: alt.flags,
         },
-        itimers: timers::dump_itimers(&[itimer(&it.real), itimer(&it.virt), itimer(&it.prof)]),
+        itimers: timers::dump_itimers(&[it.real, it.virt, it.prof]),
         misc,
         pages,
     })

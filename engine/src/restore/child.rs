@@ -6,7 +6,7 @@
 //! saved cwd, blocks all signals, maps the prepared hole and jumps into the
 //! restorer.
 
-use rcr_parasite::restore_abi::{RseqConf, Step, TRAP_FAILED};
+use rcr_parasite::restore_abi::{trap_failed, RseqConf, Step};
 use std::arch::asm;
 
 /// How the task regains its session and process group.
@@ -47,23 +47,7 @@ pub struct ChildPlan<'a> {
 
 fn fail(step: Step, ret: i64) -> ! {
     let errno = if ret < 0 { -ret } else { 0 } as u64;
-    // SAFETY: reports the failure in registers to rcr, which traces us; the
-    // exit after it only runs if rcr let the trap pass.
-    unsafe {
-        asm!(
-            "int3",
-            "2:",
-            "mov eax, 231",
-            "mov edi, 1",
-            "syscall",
-            "jmp 2b",
-            in("rdi") TRAP_FAILED,
-            in("rsi") step as u64,
-            in("rdx") errno,
-            in("rcx") 0u64,
-            options(noreturn),
-        )
-    }
+    trap_failed(step, errno, 0)
 }
 
 fn sys(ret: libc::c_long, step: Step) -> libc::c_long {
