@@ -29,9 +29,6 @@ use crate::ptrace::{self, Stop};
 /// Length of the `syscall` instruction (`0f 05`).
 const SYSCALL_INSN_LEN: u64 = 2;
 const NR_RESTART_SYSCALL: u64 = 219;
-const ERESTARTSYS: i64 = -512;
-const ERESTARTNOINTR: i64 = -513;
-const ERESTARTNOHAND: i64 = -514;
 const ERESTART_RESTARTBLOCK: i64 = -516;
 
 /// A seized, ptrace-stopped thread that rcr runs syscalls in.
@@ -182,17 +179,19 @@ impl RemoteTask {
 /// `rax` = the syscall (or `restart_syscall`), and `orig_rax` = -1 so the
 /// kernel cannot restart a second time. Other registers are returned as is.
 pub fn restartable_regs(regs: &UserRegs) -> UserRegs {
-    let mut out = *regs;
-    if (regs.orig_rax as i64) < 0 {
-        return out;
+    if (regs.orig_rax as i64) >= 0 && regs.rax as i64 == ERESTART_RESTARTBLOCK {
+        // Still the same process: its restart block is there to resume.
+        return UserRegs {
+            rax: NR_RESTART_SYSCALL,
+            rip: regs.rip - SYSCALL_INSN_LEN,
+            orig_rax: u64::MAX,
+            ..*regs
+        };
     }
-    match regs.rax as i64 {
-        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => out.rax = regs.orig_rax,
-        ERESTART_RESTARTBLOCK => out.rax = NR_RESTART_SYSCALL,
-        _ => return out,
+    let mut out = rcr_arch::regs::syscall_restart(regs);
+    if out != *regs {
+        out.orig_rax = u64::MAX;
     }
-    out.rip -= SYSCALL_INSN_LEN;
-    out.orig_rax = u64::MAX;
     out
 }
 
