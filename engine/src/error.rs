@@ -36,8 +36,8 @@ pub enum Error {
     },
     #[error("checkpoint {}: {what}", path.display())]
     Invalid { path: PathBuf, what: String },
-    #[error("pid {pid} is in use by another process; it must be free to restore the checkpoint with the same pid")]
-    PidTaken { pid: i32 },
+    #[error("pid {pid} is in use ({holder}); it must be free to restore the checkpoint with the same pid")]
+    PidTaken { pid: i32, holder: String },
     #[error("cannot restore here: {0}")]
     Preflight(String),
     #[error("restore of pid {pid} failed while {step}: {errno} (at {at:#x})")]
@@ -72,5 +72,18 @@ impl Error {
     /// A failed system call made for process `pid`.
     pub fn sys(pid: i32, what: &'static str, errno: nix::errno::Errno) -> Error {
         Error::Sys { pid, what, errno }
+    }
+
+    /// A taken pid, with who holds it as /proc tells.
+    pub fn pid_taken(pid: i32) -> Error {
+        let holder = match crate::proc::stat::read_stat(pid) {
+            Ok(st) if st.state == 'Z' => format!(
+                "by an exited process ({}) that its parent {} has not reaped yet",
+                st.comm, st.ppid
+            ),
+            Ok(st) => format!("by a running task ({})", st.comm),
+            Err(_) => "by another process".into(),
+        };
+        Error::PidTaken { pid, holder }
     }
 }

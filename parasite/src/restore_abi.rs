@@ -8,7 +8,7 @@
 pub use crate::parasite_abi::{Itimerval, KernelSigaction, Timeval};
 
 /// Bumped whenever a layout below changes; the restorer refuses a mismatch.
-pub const RESTORE_ABI_VERSION: u32 = 1;
+pub const RESTORE_ABI_VERSION: u32 = 2;
 
 /// `rdi` at the restorer's final trap when everything is in place.
 pub const TRAP_READY: u64 = 0x7263_725f_7265_6479; // "rcr_redy"
@@ -62,6 +62,9 @@ pub enum Step {
     Pdeathsig = 16,
     Rseq = 17,
     Comm = 18,
+    CloneThread = 19,
+    TidAddress = 20,
+    RobustList = 21,
     /// Steps run by the engine's code in the new task, before the restorer.
     ChildSync = 32,
     ChildSession = 33,
@@ -93,6 +96,9 @@ impl Step {
             Pdeathsig,
             Rseq,
             Comm,
+            CloneThread,
+            TidAddress,
+            RobustList,
             ChildSync,
             ChildSession,
             ChildFds,
@@ -123,6 +129,9 @@ impl Step {
             Step::Pdeathsig => "setting the parent-death signal",
             Step::Rseq => "registering rseq",
             Step::Comm => "setting the thread name",
+            Step::CloneThread => "creating a thread (clone3 with set_tid)",
+            Step::TidAddress => "setting a thread's clear-child-tid address",
+            Step::RobustList => "setting a thread's robust futex list",
             Step::ChildSync => "waiting for rcr to attach",
             Step::ChildSession => "restoring session and process group",
             Step::ChildFds => "installing file descriptors",
@@ -215,14 +224,14 @@ pub struct PrctlMmMap {
     pub exe_fd: u32,
 }
 
-/// A pending signal to queue again: `rt_sigqueueinfo` (shared) or
-/// `rt_tgsigqueueinfo` (thread) with the saved 128-byte siginfo.
+/// A pending signal to queue again with its saved 128-byte siginfo:
+/// `rt_sigqueueinfo` for the process or `rt_tgsigqueueinfo` for a thread,
+/// by which list holds it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendingSignal {
     pub signo: u32,
-    /// Non-zero: queued for the whole process.
-    pub shared: u32,
+    pub _pad: u32,
     pub siginfo: [u8; 128],
 }
 
@@ -233,6 +242,35 @@ pub struct RseqConf {
     pub addr: u64,
     pub len: u32,
     pub sig: u32,
+}
+
+/// One thread's own state, restored by the thread itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadArgs {
+    pub tid: i32,
+    pub _pad: u32,
+    /// `rsp` for the final `rt_sigreturn` (the frame sits at `rsp - 8`).
+    pub sigframe_rsp: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    /// `set_tid_address`: the futex word the kernel clears when the thread
+    /// exits (what `pthread_join` waits on).
+    pub clear_child_tid: u64,
+    pub robust_list: u64,
+    pub robust_list_len: u64,
+    /// Signals queued for this thread only, as `rt_tgsigqueueinfo` must be
+    /// called by the thread itself to keep their saved siginfo.
+    pub pending: u64,
+    pub nr_pending: u64,
+    /// Lowest address and size of the stack the thread starts on (unused
+    /// for the leader, which runs on the restorer's stack).
+    pub stack: u64,
+    pub stack_size: u64,
+    /// The thread's own registration, made again at the end.
+    pub rseq: RseqConf,
+    /// The thread name (`comm`), NUL-terminated.
+    pub comm: [u8; 16],
 }
 
 /// Maximum number of auxv words kept (the kernel's `saved_auxv` holds fewer).
@@ -265,21 +303,18 @@ pub struct RestoreArgs {
     pub itimers: [Itimerval; 3],
     pub rlimits: [RlimitEntry; 16],
     pub nr_rlimits: u64,
+    /// Signals pending for the whole process (`rt_sigqueueinfo`).
     pub pending: u64,
     pub nr_pending: u64,
     pub pdeathsig: i64,
-    pub fs_base: u64,
-    pub gs_base: u64,
-    /// `rsp` for the final `rt_sigreturn` (the frame sits at `rsp - 8`).
-    pub sigframe_rsp: u64,
     /// The registration the new task inherited from rcr, dropped before
     /// rcr's memory goes (the kernel would write into it). Filled in by the
     /// engine's code in the new task.
     pub rseq_inherited: RseqConf,
-    /// The task's own registration, made again at the end.
-    pub rseq: RseqConf,
-    /// The thread name (`comm`), NUL-terminated.
-    pub comm: [u8; 16],
+    /// The threads, leader first: the leader restores its own state last;
+    /// the others are created by the leader once memory is in place.
+    pub threads: u64,
+    pub nr_threads: u64,
 }
 
 #[cfg(test)]

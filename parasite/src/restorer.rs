@@ -22,6 +22,10 @@ const ARCH_SET_GS: usize = 0x1001;
 const ARCH_SET_FS: usize = 0x1002;
 const MADV_POPULATE_WRITE: usize = 23;
 const RSEQ_FLAG_UNREGISTER: usize = 1;
+/// A thread of the same process: shared memory, files, fs, handlers, SysV undo.
+const CLONE_THREAD_FLAGS: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000;
+/// `sizeof(struct robust_list_head)`, the only length the kernel accepts.
+const ROBUST_LIST_HEAD_LEN: u64 = 24;
 /// The highest user address with 4-level paging; nothing is mapped above it
 /// unless a program asked for 5-level addresses, which the dump refuses.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
@@ -60,12 +64,13 @@ pub extern "C" fn rcr_restorer_main(args: *const RestoreArgs) -> ! {
     // the hole, which stays mapped for the restorer's whole life.
     let args = unsafe { &*args };
     match restore(args) {
-        Ok(()) => finish(args),
+        Ok(leader) => finish(leader),
         Err(f) => trap_failed(f.step, f.errno, f.at),
     }
 }
 
-fn restore(a: &RestoreArgs) -> Result<(), Failure> {
+/// Restores the process and returns the leader's own thread state, restored.
+fn restore(a: &RestoreArgs) -> Result<&ThreadArgs, Failure> {
     if a.abi_version != RESTORE_ABI_VERSION {
         return Err(Failure {
             step: Step::AbiVersion,
@@ -103,18 +108,136 @@ fn restore(a: &RestoreArgs) -> Result<(), Failure> {
     // SAFETY: plain prctl on this task.
     let ret = unsafe { sys::syscall2(nr::PRCTL, PR_SET_PDEATHSIG, a.pdeathsig as usize) };
     check(ret, Step::Pdeathsig, a.pdeathsig as u64)?;
-    rseq(&a.rseq, 0)?;
+    // SAFETY: the engine placed nr_threads entries at `threads` in the hole.
+    let threads = unsafe {
+        core::slice::from_raw_parts(a.threads as *const ThreadArgs, a.nr_threads as usize)
+    };
+    let Some((leader, others)) = threads.split_first() else {
+        return Err(Failure {
+            step: Step::AbiVersion,
+            errno: 0,
+            at: 0,
+        });
+    };
+    for t in others {
+        spawn_thread(t)?;
+    }
+    restore_thread(leader)?;
+    Ok(leader)
+}
+
+/// What every thread restores for itself: the kernel's per-thread links,
+/// its queued signals, rseq, name and thread pointers.
+fn restore_thread(t: &ThreadArgs) -> Result<(), Failure> {
+    // SAFETY: only records the address; the saved memory holds the word.
+    unsafe { sys::syscall1(nr::SET_TID_ADDRESS, t.clear_child_tid as usize) };
+    if t.robust_list != 0 {
+        // SAFETY: only records the list head; the kernel reads it at exit.
+        let ret = unsafe {
+            sys::syscall2(
+                nr::SET_ROBUST_LIST,
+                t.robust_list as usize,
+                ROBUST_LIST_HEAD_LEN as usize,
+            )
+        };
+        check(ret, Step::RobustList, t.robust_list)?;
+    }
+    // SAFETY: the engine placed nr_pending entries at `pending` in the hole.
+    let pending = unsafe {
+        core::slice::from_raw_parts(t.pending as *const PendingSignal, t.nr_pending as usize)
+    };
+    // SAFETY: getpid and gettid have no arguments.
+    let (pid, tid) = unsafe { (sys::syscall0(nr::GETPID), sys::syscall0(nr::GETTID)) };
+    for sig in pending {
+        // SAFETY: queues a signal to this very thread with its saved siginfo,
+        // which the kernel allows for any si_code when sender and target match.
+        let ret = unsafe {
+            sys::syscall4(
+                nr::RT_TGSIGQUEUEINFO,
+                pid as usize,
+                tid as usize,
+                sig.signo as usize,
+                sig.siginfo.as_ptr() as usize,
+            )
+        };
+        check(ret, Step::SigQueue, sig.signo as u64)?;
+    }
+    rseq(&t.rseq, 0)?;
     // SAFETY: PR_SET_NAME reads at most 16 bytes of the NUL-terminated name.
-    let ret = unsafe { sys::syscall2(nr::PRCTL, PR_SET_NAME, a.comm.as_ptr() as usize) };
-    check(ret, Step::Comm, 0)?;
+    let ret = unsafe { sys::syscall2(nr::PRCTL, PR_SET_NAME, t.comm.as_ptr() as usize) };
+    check(ret, Step::Comm, t.tid as u64)?;
     // SAFETY: fs/gs base are the saved thread pointers; nothing in the
     // restorer uses thread-local storage.
-    let ret = unsafe { sys::syscall2(nr::ARCH_PRCTL, ARCH_SET_FS, a.fs_base as usize) };
-    check(ret, Step::FsBase, a.fs_base)?;
+    let ret = unsafe { sys::syscall2(nr::ARCH_PRCTL, ARCH_SET_FS, t.fs_base as usize) };
+    check(ret, Step::FsBase, t.fs_base)?;
     // SAFETY: as above.
-    let ret = unsafe { sys::syscall2(nr::ARCH_PRCTL, ARCH_SET_GS, a.gs_base as usize) };
-    check(ret, Step::FsBase, a.gs_base)?;
+    let ret = unsafe { sys::syscall2(nr::ARCH_PRCTL, ARCH_SET_GS, t.gs_base as usize) };
+    check(ret, Step::FsBase, t.gs_base)?;
     Ok(())
+}
+
+/// `struct clone_args` of `<linux/sched.h>` up to `set_tid_size`.
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+}
+
+/// Creates thread `t` with its saved tid; it starts in [`thread_main`] on
+/// its own stack in the hole. Signals stay blocked in it as in the leader.
+fn spawn_thread(t: &ThreadArgs) -> Result<(), Failure> {
+    let args = CloneArgs {
+        flags: CLONE_THREAD_FLAGS,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: 0,
+        stack: t.stack,
+        stack_size: t.stack_size,
+        tls: 0,
+        set_tid: &t.tid as *const i32 as u64,
+        set_tid_size: 1,
+    };
+    let ret: isize;
+    // SAFETY: the new thread shares our memory and starts on its own stack,
+    // where it only calls thread_main, which never returns; the parent
+    // continues after the syscall like any other.
+    unsafe {
+        asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "call {main}",
+            "ud2",
+            "2:",
+            main = sym thread_main,
+            inlateout("rax") nr::CLONE3 => ret,
+            in("rdi") &args as *const CloneArgs,
+            in("rsi") core::mem::size_of::<CloneArgs>(),
+            in("r12") t as *const ThreadArgs,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        )
+    };
+    check(ret, Step::CloneThread, t.tid as u64).map(|_| ())
+}
+
+/// A restored thread's first code.
+extern "C" fn thread_main(t: &ThreadArgs) -> ! {
+    match restore_thread(t) {
+        Ok(()) => finish(t),
+        Err(f) => trap_failed(f.step, f.errno, f.at),
+    }
 }
 
 fn rseq(conf: &RseqConf, flags: usize) -> Result<(), Failure> {
@@ -313,15 +436,15 @@ fn restore_signals(a: &RestoreArgs) -> Result<(), Failure> {
     // SAFETY: getpid has no arguments.
     let pid = unsafe { sys::syscall0(nr::GETPID) } as usize;
     for sig in pending {
-        let info = sig.siginfo.as_ptr() as usize;
-        // SAFETY: queues a signal to this very task with its saved siginfo,
-        // which the kernel allows for any si_code when sender and target match.
+        // SAFETY: queues a signal to this process from its leader with the
+        // saved siginfo, allowed for any si_code when sender and target match.
         let ret = unsafe {
-            if sig.shared != 0 {
-                sys::syscall3(nr::RT_SIGQUEUEINFO, pid, sig.signo as usize, info)
-            } else {
-                sys::syscall4(nr::RT_TGSIGQUEUEINFO, pid, pid, sig.signo as usize, info)
-            }
+            sys::syscall3(
+                nr::RT_SIGQUEUEINFO,
+                pid,
+                sig.signo as usize,
+                sig.siginfo.as_ptr() as usize,
+            )
         };
         check(ret, Step::SigQueue, sig.signo as u64)?;
     }
@@ -355,9 +478,10 @@ fn restore_timers_and_limits(a: &RestoreArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Reports readiness with a trap rcr catches, then returns into the saved
-/// program through `rt_sigreturn`. rcr unmaps the hole after the sigreturn.
-fn finish(a: &RestoreArgs) -> ! {
+/// Reports the thread ready with a trap rcr catches, then returns into the
+/// saved program through `rt_sigreturn`. rcr unmaps the hole once every
+/// thread is past its sigreturn.
+fn finish(t: &ThreadArgs) -> ! {
     // SAFETY: the frame at sigframe_rsp - 8 was built by the engine from the
     // saved registers; rt_sigreturn never returns here.
     unsafe {
@@ -367,7 +491,7 @@ fn finish(a: &RestoreArgs) -> ! {
             "mov eax, 15",
             "syscall",
             "ud2",
-            rsp = in(reg) a.sigframe_rsp,
+            rsp = in(reg) t.sigframe_rsp,
             in("rdi") TRAP_READY,
             options(noreturn),
         )

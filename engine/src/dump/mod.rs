@@ -55,7 +55,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let staging = staging::Staging::create(&opts.dir)?;
     let seized = seize::seize(pid)?;
     let dir = ImageDir::new(staging.path());
-    let pages_bytes = collect_and_write(pid, &dir, opts)?;
+    let pages_bytes = collect_and_write(pid, seized.tids(), &dir, opts)?;
     let image_bytes = dir_size(staging.path());
     staging.commit()?;
     let freeze_seconds = if opts.leave_running {
@@ -76,24 +76,16 @@ fn traced(pid: i32) -> impl Fn(ptrace::PtraceError) -> Error {
     move |e| Error::sys(pid, e.op, e.errno)
 }
 
-/// Everything the task keeps inside, as the parasite reported it.
+/// Everything the process keeps inside, as the parasite reported it.
 struct Inside {
     sigactions: Vec<pb::SigAction>,
-    altstack: pb::SigAltStack,
     itimers: Vec<pb::Itimer>,
     misc: parasite_abi::Misc,
     pages: pb::PageMap,
 }
 
-fn collect_and_write(pid: i32, dir: &ImageDir, opts: &DumpOptions) -> Result<u64> {
+fn collect_and_write(pid: i32, tids: &[i32], dir: &ImageDir, opts: &DumpOptions) -> Result<u64> {
     // Refusals first, while nothing has been done to the task.
-    let threads = tasks::list_tasks(pid)?;
-    if threads.len() != 1 {
-        return Err(Error::Unsupported {
-            pid,
-            what: format!("a process with {} threads", threads.len()),
-        });
-    }
     let children = tasks::list_children(pid, pid)?;
     if !children.is_empty() {
         return Err(Error::Unsupported {
@@ -124,48 +116,26 @@ fn collect_and_write(pid: i32, dir: &ImageDir, opts: &DumpOptions) -> Result<u64
     let exe_id = file_table.mapped_file(pid, Path::new(&exe), false)?;
     let fds = files::dump_fds(pid, examined, &mut file_table)?;
 
-    // From outside, through ptrace.
-    let regs = ptrace::get_regs(pid).map_err(traced(pid))?;
-    let xsave = ptrace::get_xstate(pid).map_err(traced(pid))?;
-    let sigmask = ptrace::get_sigmask(pid).map_err(traced(pid))?;
-    let private: Vec<pb::SigInfo> = ptrace::peek_siginfo(pid, false)
-        .map_err(traced(pid))?
+    // From outside, through ptrace, before anything touches the registers.
+    let mut threads = tids
         .iter()
-        .map(signals::dump_pending)
-        .collect();
+        .map(|&tid| thread::dump_thread(pid, tid))
+        .collect::<Result<Vec<_>>>()?;
     let shared: Vec<pb::SigInfo> = ptrace::peek_siginfo(pid, true)
         .map_err(traced(pid))?
         .iter()
         .map(signals::dump_pending)
         .collect();
-    let rseq = ptrace::get_rseq_configuration(pid).map_err(traced(pid))?;
     let rlimits = rlimits::dump_rlimits(pid)?;
     let auxv = auxv::read_auxv(pid)?;
 
     // From inside, through the parasite.
-    let inside = collect_inside(pid, &vmas, dir)?;
+    let inside = collect_inside(pid, &mut threads, &vmas, dir)?;
 
-    let thread = pb::ThreadCore {
-        tid: pid,
-        comm: st.comm.clone(),
-        regs: Some(thread::dump_regs(&regs)),
-        xsave,
-        sigmask,
-        altstack: Some(inside.altstack),
-        pending: private,
-        clear_child_tid: inside.misc.clear_child_tid as u64,
-        robust_list: 0,
-        robust_list_len: 0,
-        rseq: (rseq.rseq_abi_pointer != 0).then_some(pb::Rseq {
-            address: rseq.rseq_abi_pointer,
-            length: rseq.rseq_abi_size,
-            signature: rseq.signature,
-        }),
-    };
     let core = pb::Core {
         pid,
         comm: st.comm.clone(),
-        threads: vec![thread],
+        threads,
         sigactions: inside.sigactions,
         itimers: inside.itimers,
         rlimits,
@@ -200,7 +170,7 @@ fn collect_and_write(pid: i32, dir: &ImageDir, opts: &DumpOptions) -> Result<u64
             ppid: st.ppid,
             pgid: st.pgrp,
             sid: st.session,
-            threads: vec![pid],
+            threads: tids.to_vec(),
         }],
     };
     images::write(&dir.core(pid), &core)?;
@@ -213,28 +183,43 @@ fn collect_and_write(pid: i32, dir: &ImageDir, opts: &DumpOptions) -> Result<u64
     Ok(pages_bytes)
 }
 
-fn collect_inside(pid: i32, vmas: &[pb::Vma], dir: &ImageDir) -> Result<Inside> {
+fn collect_inside(
+    pid: i32,
+    threads: &mut [pb::ThreadCore],
+    vmas: &[pb::Vma],
+    dir: &ImageDir,
+) -> Result<Inside> {
     let mut scanner = PageScanner::open(pid)?;
     let runs = memory::dump_runs(&mut scanner, vmas)?;
     let mut parasite = Parasite::infect(pid)?;
     let actions = parasite.get_sigactions()?;
-    let alt = parasite.get_sigaltstack()?;
     let it = parasite.get_itimers()?;
     let misc = parasite.get_misc()?;
+    let (leader, others) = threads.split_first_mut().expect("the leader is seized");
+    leader.altstack = Some(altstack(&parasite.get_sigaltstack()?));
+    leader.clear_child_tid = misc.clear_child_tid as u64;
+    for t in others {
+        let (alt, clear_child_tid) = parasite.query_thread(t.tid)?;
+        t.altstack = Some(altstack(&alt));
+        t.clear_child_tid = clear_child_tid;
+    }
     let pages = pages::write_pages(pid, &mut parasite, &runs, &dir.pages(pid))?;
     parasite.cure()?;
     let sigactions = signals::dump_sigactions((1..).zip(actions.actions.iter().copied()));
     Ok(Inside {
         sigactions,
-        altstack: pb::SigAltStack {
-            sp: alt.sp,
-            size: alt.size,
-            flags: alt.flags,
-        },
         itimers: timers::dump_itimers(&[it.real, it.virt, it.prof]),
         misc,
         pages,
     })
+}
+
+fn altstack(a: &parasite_abi::SigAltStack) -> pb::SigAltStack {
+    pb::SigAltStack {
+        sp: a.sp,
+        size: a.size,
+        flags: a.flags,
+    }
 }
 
 fn creds(s: &status::Status) -> pb::Creds {

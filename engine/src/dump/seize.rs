@@ -1,15 +1,22 @@
-//! Freezing the task to dump: PTRACE_SEIZE + PTRACE_INTERRUPT, and letting it
-//! go again (detach) or ending it (kill) when the dump is over.
+//! Freezing the process to dump: PTRACE_SEIZE + PTRACE_INTERRUPT of every
+//! thread, and letting them go again (detach) or ending the process (kill)
+//! when the dump is over.
 
 use crate::error::{Error, Result};
+use crate::proc::tasks;
 use crate::ptrace::{self, PtraceError, Stop};
 use nix::errno::Errno;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// A seized, stopped task. Dropping it detaches, so an error anywhere in a
-/// dump leaves the task running as it was.
+/// How long a dump waits for the killed process's parent to reap it.
+const REAP_GRACE: Duration = Duration::from_secs(2);
+
+/// A seized process with every thread stopped. Dropping it detaches, so an
+/// error anywhere in a dump leaves the process running as it was.
 pub struct Seized {
     pid: i32,
+    /// The leader first, then the other threads.
+    tids: Vec<i32>,
     frozen_at: Instant,
     done: bool,
 }
@@ -18,8 +25,44 @@ fn traced(pid: i32) -> impl Fn(PtraceError) -> Error {
     move |e| Error::sys(pid, e.op, e.errno)
 }
 
-/// Seizes `pid` and waits until it is stopped.
+/// Seizes every thread of `pid` and waits until all are stopped. Threads
+/// are listed again after each round, since a thread that was still running
+/// may have created more; the rounds end when one finds no new thread.
 pub fn seize(pid: i32) -> Result<Seized> {
+    seize_leader(pid)?;
+    let mut seized = Seized {
+        pid,
+        tids: vec![pid],
+        frozen_at: Instant::now(),
+        done: false,
+    };
+    wait_stopped(pid)?;
+    loop {
+        let new: Vec<i32> = tasks::list_tasks(pid)?
+            .into_iter()
+            .filter(|t| !seized.tids.contains(t))
+            .collect();
+        if new.is_empty() {
+            return Ok(seized);
+        }
+        for tid in new {
+            match ptrace::seize(tid, ptrace::default_options()) {
+                // It exited since the listing.
+                Err(e) if e.errno == Errno::ESRCH => continue,
+                Err(e) => return Err(traced(tid)(e)),
+                Ok(()) => {}
+            }
+            seized.tids.push(tid);
+            ptrace::interrupt(tid).map_err(traced(tid))?;
+            match wait_stopped(tid) {
+                Err(Error::NoSuchProcess { .. }) => seized.tids.retain(|&t| t != tid),
+                other => other?,
+            }
+        }
+    }
+}
+
+fn seize_leader(pid: i32) -> Result<()> {
     ptrace::seize(pid, ptrace::default_options()).map_err(|e| match e.errno {
         Errno::ESRCH => Error::NoSuchProcess { pid },
         Errno::EPERM => Error::NotTraceable {
@@ -36,14 +79,7 @@ pub fn seize(pid: i32) -> Result<Seized> {
             reason: errno.to_string(),
         },
     })?;
-    let seized = Seized {
-        pid,
-        frozen_at: Instant::now(),
-        done: false,
-    };
-    ptrace::interrupt(pid).map_err(traced(pid))?;
-    wait_stopped(pid)?;
-    Ok(seized)
+    ptrace::interrupt(pid).map_err(traced(pid))
 }
 
 fn kernel_thread_note(pid: i32) -> &'static str {
@@ -69,14 +105,22 @@ fn wait_stopped(pid: i32) -> Result<()> {
 }
 
 impl Seized {
-    /// Lets the task run on, untouched. Returns the freeze time in seconds.
+    /// The threads, leader first.
+    pub fn tids(&self) -> &[i32] {
+        &self.tids
+    }
+
+    /// Lets the process run on, untouched. Returns the freeze time in seconds.
     pub fn release(mut self) -> Result<f64> {
         self.done = true;
-        ptrace::detach(self.pid, 0).map_err(traced(self.pid))?;
+        for &tid in &self.tids {
+            ptrace::detach(tid, 0).map_err(traced(tid))?;
+        }
         Ok(self.frozen_at.elapsed().as_secs_f64())
     }
 
-    /// Ends the task (the checkpoint replaces it) and waits until it is gone.
+    /// Ends the process (the checkpoint replaces it) and waits until every
+    /// thread is gone, the leader last as the kernel reports it.
     /// Returns the freeze time in seconds.
     pub fn kill(mut self) -> Result<f64> {
         self.done = true;
@@ -85,13 +129,32 @@ impl Seized {
             return Err(Error::sys(self.pid, "kill", Errno::last()));
         }
         let frozen = self.frozen_at.elapsed().as_secs_f64();
-        loop {
-            match ptrace::wait_stop(self.pid) {
-                Ok(Stop::Exited(_)) | Ok(Stop::Killed(_)) => return Ok(frozen),
-                Err(e) if e.errno == Errno::ECHILD => return Ok(frozen),
-                Err(e) => return Err(traced(self.pid)(e)),
-                Ok(_) => continue,
-            }
+        for &tid in self.tids.iter().rev() {
+            wait_gone(tid)?;
+        }
+        wait_reaped(self.pid);
+        Ok(frozen)
+    }
+}
+
+/// rcr is the tracer, not the parent: the pid stays taken until the parent
+/// reaps the process. Give it a moment, so that a restore right after the
+/// dump finds the pid free; a parent that never reaps is not waited for.
+fn wait_reaped(pid: i32) {
+    let deadline = Instant::now() + REAP_GRACE;
+    let path = format!("/proc/{pid}");
+    while std::path::Path::new(&path).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn wait_gone(tid: i32) -> Result<()> {
+    loop {
+        match ptrace::wait_stop(tid) {
+            Ok(Stop::Exited(_)) | Ok(Stop::Killed(_)) => return Ok(()),
+            Err(e) if e.errno == Errno::ECHILD => return Ok(()),
+            Err(e) => return Err(traced(tid)(e)),
+            Ok(_) => continue,
         }
     }
 }
@@ -99,7 +162,9 @@ impl Seized {
 impl Drop for Seized {
     fn drop(&mut self) {
         if !self.done {
-            let _ = ptrace::detach(self.pid, 0);
+            for &tid in &self.tids {
+                let _ = ptrace::detach(tid, 0);
+            }
         }
     }
 }

@@ -236,6 +236,33 @@ impl Parasite {
         Ok(self.area.read(self.layout.data))
     }
 
+    /// What another thread of the infected process keeps to itself: its
+    /// alternate signal stack and clear-child-tid address. `tid` must be
+    /// seized and stopped; remote syscalls in it write into the parasite's
+    /// area (the threads share one address space), then it gets its
+    /// registers and mask back.
+    pub fn query_thread(&mut self, tid: i32) -> Result<(SigAltStack, u64), InfectError> {
+        const PR_GET_TID_ADDRESS: u64 = 40;
+        let mut task = RemoteTask::new(tid)?;
+        let out = self.remote_base + self.layout.data as u64;
+        let ctid_off = size_of::<SigAltStack>();
+        let asked = task
+            .syscall_ok("sigaltstack", libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0])
+            .and_then(|_| {
+                task.syscall_ok(
+                    "prctl(PR_GET_TID_ADDRESS)",
+                    libc::SYS_prctl,
+                    [PR_GET_TID_ADDRESS, out + ctid_off as u64, 0, 0, 0, 0],
+                )
+            });
+        task.restore_regs()?;
+        asked?;
+        Ok((
+            self.area.read(self.layout.data),
+            self.area.read(self.layout.data + ctid_off),
+        ))
+    }
+
     /// Copies the task's memory ranges `iovs` (address, length) into `out`
     /// starting at `out_offset`, back to back, without copying through rcr's
     /// memory. Returns the bytes written. Ranges in unreadable VMAs fail with

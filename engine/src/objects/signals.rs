@@ -60,22 +60,20 @@ pub fn dump_pending(raw: &[u8; 128]) -> pb::SigInfo {
     }
 }
 
-/// Restore side: pending signals to queue again, process-wide ones first.
-pub fn restore_pending(shared: &[pb::SigInfo], private: &[pb::SigInfo]) -> Vec<PendingSignal> {
-    let entry = |s: &pb::SigInfo, shared: bool| {
-        let mut siginfo = [0u8; 128];
-        let n = s.raw.len().min(128);
-        siginfo[..n].copy_from_slice(&s.raw[..n]);
-        PendingSignal {
-            signo: s.signo,
-            shared: shared as u32,
-            siginfo,
-        }
-    };
-    shared
+/// Restore side: pending signals to queue again, in their saved order.
+pub fn restore_pending(saved: &[pb::SigInfo]) -> Vec<PendingSignal> {
+    saved
         .iter()
-        .map(|s| entry(s, true))
-        .chain(private.iter().map(|s| entry(s, false)))
+        .map(|s| {
+            let mut siginfo = [0u8; 128];
+            let n = s.raw.len().min(128);
+            siginfo[..n].copy_from_slice(&s.raw[..n]);
+            PendingSignal {
+                signo: s.signo,
+                _pad: 0,
+                siginfo,
+            }
+        })
         .collect()
 }
 
@@ -113,8 +111,8 @@ mod tests {
         raw[24] = 0x5a;
         let s = dump_pending(&raw);
         assert_eq!(s.signo, 12);
-        let out = restore_pending(std::slice::from_ref(&s), &[]);
+        let out = restore_pending(std::slice::from_ref(&s));
         assert_eq!(out[0].siginfo, raw);
-        assert_eq!(out[0].shared, 1);
+        assert_eq!(out[0].signo, 12);
     }
 }

@@ -1,11 +1,18 @@
-//! A thread's CPU state: general registers, XSAVE area, blocked mask and
-//! sigaltstack, dump and restore side by side. Restore hands them to the
-//! kernel through an rt_sigreturn frame.
+//! A thread: its CPU state (general registers, XSAVE area, blocked mask,
+//! sigaltstack), its queued signals and its kernel links (clear-child-tid,
+//! robust list, rseq, name), dump and restore side by side. Restore hands
+//! the CPU state to the kernel through an rt_sigreturn frame; the restorer
+//! sets the rest from inside the thread.
 
 use crate::error::{Error, Result};
+use crate::objects::signals;
+use crate::proc::tasks;
+use crate::ptrace::{self, PtraceError};
+use nix::errno::Errno;
 use rcr_arch::regs::{syscall_restart, UserRegs};
 use rcr_arch::sigframe::{build_rt_sigframe, AltStack, SigFrame, SigFrameInput};
 use rcr_images::pb;
+use rcr_parasite::restore_abi::{RseqConf, ThreadArgs};
 
 /// Builds a `$to` from the same-named register fields of `$from`; the image
 /// and ptrace name every register alike.
@@ -53,6 +60,92 @@ pub fn dump_regs(r: &UserRegs) -> pb::GpRegs {
 /// Restore side: registers back from the image.
 pub fn restore_regs(r: &pb::GpRegs) -> UserRegs {
     copy_regs!(r => UserRegs)
+}
+
+/// Dump side: thread `tid` of process `pid`, seized and stopped, as ptrace
+/// and /proc tell it, before anything else touches its registers. What only
+/// the thread can tell (sigaltstack, clear-child-tid) is asked through the
+/// parasite later.
+pub fn dump_thread(pid: i32, tid: i32) -> Result<pb::ThreadCore> {
+    let traced = |e: PtraceError| Error::sys(tid, e.op, e.errno);
+    let regs = ptrace::get_regs(tid).map_err(traced)?;
+    let pending = ptrace::peek_siginfo(tid, false)
+        .map_err(traced)?
+        .iter()
+        .map(signals::dump_pending)
+        .collect();
+    let rseq = ptrace::get_rseq_configuration(tid).map_err(traced)?;
+    let (robust_list, robust_list_len) = robust_list(tid)?;
+    Ok(pb::ThreadCore {
+        tid,
+        comm: tasks::read_comm(pid, tid)?,
+        regs: Some(dump_regs(&regs)),
+        xsave: ptrace::get_xstate(tid).map_err(traced)?,
+        sigmask: ptrace::get_sigmask(tid).map_err(traced)?,
+        altstack: None,
+        pending,
+        clear_child_tid: 0,
+        robust_list,
+        robust_list_len,
+        rseq: (rseq.rseq_abi_pointer != 0).then_some(pb::Rseq {
+            address: rseq.rseq_abi_pointer,
+            length: rseq.rseq_abi_size,
+            signature: rseq.signature,
+        }),
+    })
+}
+
+/// `get_robust_list(tid)`: the head of the thread's robust futex list.
+fn robust_list(tid: i32) -> Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: u64 = 0;
+    // SAFETY: the kernel writes one pointer and one size_t into our locals.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid,
+            &mut head as *mut u64,
+            &mut len as *mut u64,
+        )
+    };
+    if ret != 0 {
+        return Err(Error::sys(tid, "get_robust_list", Errno::last()));
+    }
+    Ok((head, len))
+}
+
+/// Restore side: the thread's own part of the restorer's arguments; the
+/// engine fills in the addresses of its frame, signals and stack.
+pub fn restore_thread_args(t: &pb::ThreadCore) -> ThreadArgs {
+    let regs = t.regs.unwrap_or_default();
+    ThreadArgs {
+        tid: t.tid,
+        _pad: 0,
+        sigframe_rsp: 0,
+        fs_base: regs.fs_base,
+        gs_base: regs.gs_base,
+        clear_child_tid: t.clear_child_tid,
+        robust_list: t.robust_list,
+        robust_list_len: t.robust_list_len,
+        pending: 0,
+        nr_pending: 0,
+        stack: 0,
+        stack_size: 0,
+        rseq: t.rseq.map_or(RseqConf::default(), |r| RseqConf {
+            addr: r.address,
+            len: r.length,
+            sig: r.signature,
+        }),
+        comm: comm_bytes(&t.comm),
+    }
+}
+
+/// The name as `PR_SET_NAME` takes it: at most 15 bytes and a NUL.
+fn comm_bytes(comm: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let n = comm.len().min(15);
+    out[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    out
 }
 
 /// Restore side: the frame that rt_sigreturn turns back into this thread.

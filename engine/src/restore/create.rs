@@ -31,18 +31,23 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// Kills a task rcr created unless it was released.
-struct Created {
+/// Kills a process rcr created unless it was released.
+struct Created<'a> {
     pid: i32,
+    threads: &'a [i32],
     released: bool,
 }
 
-impl Drop for Created {
+impl Drop for Created<'_> {
     fn drop(&mut self) {
         if !self.released {
-            // SAFETY: signals and reaps our own child.
+            // SAFETY: signals our own child and reaps its threads (traced by
+            // us, so ours to reap; ECHILD for those never created), then it.
             unsafe {
                 libc::kill(self.pid, libc::SIGKILL);
+                for &tid in self.threads {
+                    libc::waitpid(tid, std::ptr::null_mut(), libc::__WALL);
+                }
                 libc::waitpid(self.pid, std::ptr::null_mut(), libc::__WALL);
             }
         }
@@ -67,6 +72,8 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 pub struct Release {
     pub hole_start: u64,
     pub hole_len: u64,
+    /// The threads other than the leader, which the restorer creates.
+    pub threads: Vec<i32>,
 }
 
 /// Creates the task with pid `pid` running `plan` (whose `sync_fd` is set
@@ -104,7 +111,7 @@ pub fn create(pid: i32, plan: &mut ChildPlan, sync_min_fd: i32, release: &Releas
     }
     if ret < 0 {
         return Err(match Errno::last() {
-            Errno::EEXIST => Error::PidTaken { pid },
+            Errno::EEXIST => Error::pid_taken(pid),
             Errno::EPERM => Error::Preflight(format!(
                 "clone3 with set_tid (to get pid {pid} back) needs CAP_CHECKPOINT_RESTORE \
                  or CAP_SYS_ADMIN in the pid namespace"
@@ -114,6 +121,7 @@ pub fn create(pid: i32, plan: &mut ChildPlan, sync_min_fd: i32, release: &Releas
     }
     let created = Created {
         pid: ret as i32,
+        threads: &release.threads,
         released: false,
     };
     drop(sync_r);
@@ -124,7 +132,9 @@ pub fn create(pid: i32, plan: &mut ChildPlan, sync_min_fd: i32, release: &Releas
         });
     }
     attach(pid, &sync_w)?;
-    wait_ready(pid)?;
+    for tid in std::iter::once(pid).chain(release.threads.iter().copied()) {
+        wait_ready(tid)?;
+    }
     finish(pid, release)?;
     let mut created = created;
     created.released = true;
@@ -132,9 +142,12 @@ pub fn create(pid: i32, plan: &mut ChildPlan, sync_min_fd: i32, release: &Releas
 }
 
 /// Seizes the new task (it waits in a read for us), tells it the rseq
-/// registration it inherited, and lets it go on.
+/// registration it inherited, and lets it go on. The threads the restorer
+/// creates are traced from their start too (and killed with rcr).
 fn attach(pid: i32, sync_w: &OwnedFd) -> Result<()> {
-    let options = ptrace::default_options() | ptrace::Options::PTRACE_O_EXITKILL;
+    let options = ptrace::default_options()
+        | ptrace::Options::PTRACE_O_EXITKILL
+        | ptrace::Options::PTRACE_O_TRACECLONE;
     ptrace::seize(pid, options).map_err(traced(pid))?;
     ptrace::interrupt(pid).map_err(traced(pid))?;
     loop {
@@ -172,7 +185,9 @@ fn attach(pid: i32, sync_w: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
-/// Waits for the restorer's trap: ready, or a failure it describes.
+/// Waits for thread `pid`'s trap in the restorer: ready, or a failure it
+/// describes. Other stops on the way (the leader's clone events, a new
+/// thread's first stop) are let go.
 fn wait_ready(pid: i32) -> Result<()> {
     loop {
         match ptrace::wait_stop(pid).map_err(traced(pid))? {
@@ -223,22 +238,12 @@ fn wait_ready(pid: i32) -> Result<()> {
     }
 }
 
-/// Steps the task through its `rt_sigreturn`, unmaps the hole from inside it,
-/// and detaches: from here the saved program runs.
+/// Steps every thread through its `rt_sigreturn`, unmaps the hole from
+/// inside the leader, and detaches: from here the saved program runs.
 fn finish(pid: i32, release: &Release) -> Result<()> {
-    for _ in 0..2 {
-        // Syscall-enter then syscall-exit of rt_sigreturn; the pending
-        // SIGTRAP of the trap is discarded by resuming with no signal.
-        ptrace::syscall(pid, 0).map_err(traced(pid))?;
-        match ptrace::wait_stop(pid).map_err(traced(pid))? {
-            Stop::Syscall => {}
-            other => {
-                return Err(Error::RestoreLost {
-                    pid,
-                    what: format!("expected rt_sigreturn, got {other:?}"),
-                })
-            }
-        }
+    let all = || std::iter::once(pid).chain(release.threads.iter().copied());
+    for tid in all() {
+        step_through_sigreturn(tid)?;
     }
     let mut task = RemoteTask::new(pid)?;
     let ret = task.syscall(
@@ -254,5 +259,26 @@ fn finish(pid: i32, release: &Release) -> Result<()> {
             at: release.hole_start,
         });
     }
-    ptrace::detach(pid, 0).map_err(traced(pid))
+    for tid in all() {
+        ptrace::detach(tid, 0).map_err(traced(tid))?;
+    }
+    Ok(())
+}
+
+/// Syscall-enter then syscall-exit of the thread's rt_sigreturn; the
+/// pending SIGTRAP of its ready trap is discarded by resuming with no signal.
+fn step_through_sigreturn(tid: i32) -> Result<()> {
+    for _ in 0..2 {
+        ptrace::syscall(tid, 0).map_err(traced(tid))?;
+        match ptrace::wait_stop(tid).map_err(traced(tid))? {
+            Stop::Syscall => {}
+            other => {
+                return Err(Error::RestoreLost {
+                    pid: tid,
+                    what: format!("expected rt_sigreturn, got {other:?}"),
+                })
+            }
+        }
+    }
+    Ok(())
 }

@@ -2,15 +2,18 @@
 //!
 //! ```text
 //! hole_start: restorer blob (relocated) | RestoreArgs | VMAs | page runs |
-//!             pending signals | rt_sigframe | stack | vDSO parking | hole_end
+//!             pending signals | ThreadArgs | rt_sigframe per thread |
+//!             leader stack | one stack per other thread | vDSO parking | hole_end
 //! ```
 
-use rcr_parasite::restore_abi::{PageRunEntry, PendingSignal, RestoreArgs, VmaEntry};
+use rcr_parasite::restore_abi::{PageRunEntry, PendingSignal, RestoreArgs, ThreadArgs, VmaEntry};
 use std::mem::{offset_of, size_of};
 
 const PAGE: u64 = 4096;
-/// The restorer's stack; it needs little, but a fault here is unreportable.
+/// The leader's stack; it needs little, but a fault here is unreportable.
 const STACK_SIZE: u64 = 256 * 1024;
+/// Each other thread only restores its own few things.
+pub const THREAD_STACK_SIZE: u64 = 64 * 1024;
 /// Lowest address considered, clear of the null guard and low fixed mappings.
 const SEARCH_FROM: u64 = 0x1000_0000;
 /// Room kept free around the hole so no saved mapping grows into it.
@@ -26,6 +29,20 @@ fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
 }
 
+/// What goes into the hole, by count and size.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HoleContents {
+    pub blob_len: u64,
+    pub vmas: usize,
+    pub runs: usize,
+    /// Pending signals, the process's and every thread's.
+    pub pending: usize,
+    pub threads: usize,
+    /// Bytes of the largest thread's signal frame.
+    pub frame_len: u64,
+    pub park_len: u64,
+}
+
 /// Offsets of the parts inside the hole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HoleLayout {
@@ -33,41 +50,57 @@ pub struct HoleLayout {
     pub vmas: u64,
     pub runs: u64,
     pub pending: u64,
-    pub frame: u64,
+    pub threads: u64,
+    /// Thread `i`'s frame is at `frames + i * frame_stride`.
+    pub frames: u64,
+    pub frame_stride: u64,
+    /// The leader's stack.
     pub stack_top: u64,
+    /// Thread `i >= 1` has its stack at `thread_stacks + (i - 1) * THREAD_STACK_SIZE`.
+    pub thread_stacks: u64,
     pub park: u64,
     pub len: u64,
 }
 
-/// Lays out the hole for the given counts and sizes.
-pub fn hole_layout(
-    blob_len: u64,
-    nr_vmas: usize,
-    nr_runs: usize,
-    nr_pending: usize,
-    frame_len: u64,
-    park_len: u64,
-) -> HoleLayout {
-    let args = page_up(blob_len);
+impl HoleLayout {
+    pub fn frame(&self, thread: usize) -> u64 {
+        self.frames + thread as u64 * self.frame_stride
+    }
+
+    /// Lowest address (as an offset) of the stack of thread `thread >= 1`.
+    pub fn thread_stack(&self, thread: usize) -> u64 {
+        self.thread_stacks + (thread as u64 - 1) * THREAD_STACK_SIZE
+    }
+}
+
+/// Lays out the hole for the given contents.
+pub fn hole_layout(c: &HoleContents) -> HoleLayout {
+    let args = page_up(c.blob_len);
     let vmas = align_up(args + size_of::<RestoreArgs>() as u64, 64);
-    let runs = align_up(vmas + (nr_vmas * size_of::<VmaEntry>()) as u64, 64);
-    let pending = align_up(runs + (nr_runs * size_of::<PageRunEntry>()) as u64, 64);
-    let frame = align_up(
-        pending + (nr_pending * size_of::<PendingSignal>()) as u64,
+    let runs = align_up(vmas + (c.vmas * size_of::<VmaEntry>()) as u64, 64);
+    let pending = align_up(runs + (c.runs * size_of::<PageRunEntry>()) as u64, 64);
+    let threads = align_up(
+        pending + (c.pending * size_of::<PendingSignal>()) as u64,
         64,
     );
-    let stack_bottom = page_up(frame + frame_len);
+    let frames = align_up(threads + (c.threads * size_of::<ThreadArgs>()) as u64, 64);
+    let frame_stride = align_up(c.frame_len, 64);
+    let stack_bottom = page_up(frames + c.threads as u64 * frame_stride);
     let stack_top = stack_bottom + STACK_SIZE;
-    let park = stack_top;
+    let thread_stacks = stack_top;
+    let park = thread_stacks + c.threads.saturating_sub(1) as u64 * THREAD_STACK_SIZE;
     HoleLayout {
         args,
         vmas,
         runs,
         pending,
-        frame,
+        threads,
+        frames,
+        frame_stride,
         stack_top,
+        thread_stacks,
         park,
-        len: page_up(park + park_len),
+        len: page_up(park + c.park_len),
     }
 }
 
@@ -118,12 +151,24 @@ mod tests {
 
     #[test]
     fn layout_is_ordered_and_aligned() {
-        let l = hole_layout(10_000, 3, 5, 1, 3000, 0x8000);
+        let l = hole_layout(&HoleContents {
+            blob_len: 10_000,
+            vmas: 3,
+            runs: 5,
+            pending: 1,
+            threads: 3,
+            frame_len: 3000,
+            park_len: 0x8000,
+        });
         assert_eq!(l.args % PAGE, 0);
         assert!(l.args >= 10_000);
-        assert!(l.vmas < l.runs && l.runs < l.pending && l.pending < l.frame);
-        assert_eq!(l.frame % 64, 0);
+        assert!(l.vmas < l.runs && l.runs < l.pending && l.pending < l.threads);
+        assert!(l.threads + 3 * size_of::<ThreadArgs>() as u64 <= l.frames);
+        assert_eq!(l.frame(1) % 64, 0);
+        assert!(l.frame(2) + 3000 <= l.stack_top - STACK_SIZE);
         assert_eq!(l.stack_top % 16, 0);
+        assert_eq!(l.thread_stack(1), l.stack_top);
+        assert_eq!(l.thread_stack(2) + THREAD_STACK_SIZE, l.park);
         assert!(l.park + 0x8000 <= l.len);
         assert_eq!(l.len % PAGE, 0);
     }

@@ -72,10 +72,19 @@ fn check_references(c: &Checkpoint) -> std::result::Result<(), String> {
     if c.core.pid != pid {
         return Err(format!("core-{pid}.img describes pid {}", c.core.pid));
     }
-    if c.core.threads.len() != 1 || c.core.threads[0].tid != pid {
+    if c.core.threads.first().map(|t| t.tid) != Some(pid) {
+        return Err(format!("process {pid}'s first thread is not its leader"));
+    }
+    let mut tids = std::collections::HashSet::new();
+    if let Some(t) = c
+        .core
+        .threads
+        .iter()
+        .find(|t| t.tid <= 0 || !tids.insert(t.tid))
+    {
         return Err(format!(
-            "process {pid} has {} threads; multi-threaded restore is not supported yet",
-            c.core.threads.len()
+            "process {pid} lists thread {} twice or with a bad id",
+            t.tid
         ));
     }
     memory::validate(&c.mm.vmas, &c.pagemap.runs)?;

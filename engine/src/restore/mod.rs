@@ -11,7 +11,8 @@ use crate::blob;
 use crate::error::{Error, Result};
 use crate::objects::{thread, vdso};
 use crate::proc::maps;
-use layout::{find_hole, hole_layout, put, put_slice};
+use layout::{find_hole, hole_layout, put, put_slice, HoleContents};
+use rcr_parasite::restore_abi::{PendingSignal, RestoreArgs};
 use std::mem::size_of;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -43,7 +44,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     let started = Instant::now();
     let ckpt = load::load(&opts.dir)?;
     let pid = ckpt.process.pid;
-    preflight_pid(pid)?;
+    preflight_pids(ckpt.core.threads.iter().map(|t| t.tid))?;
     crate::cpu::check_restore(&ckpt.inventory)?;
     let prepared = prepare::prepare(&ckpt)?;
     let pages_bytes = prepared.runs.iter().map(|r| r.len).sum();
@@ -53,17 +54,22 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
         .symbol("rcr_restorer_main")
         .expect("the restorer blob has its entry point");
     let own_maps = maps::read_maps(std::process::id() as i32)?;
-    let thread_core = &ckpt.core.threads[0];
+    let threads = &ckpt.core.threads;
     let xfeatures = rcr_arch::cpuid::xcr0();
-    let frame_len = rcr_arch::sigframe::frame_size(thread_core.xsave.len()) as u64 + 64;
-    let l = hole_layout(
-        blob.len() as u64,
-        prepared.vmas.len(),
-        prepared.runs.len(),
-        prepared.pending.len(),
+    let frame_len = threads
+        .iter()
+        .map(|t| rcr_arch::sigframe::frame_size(t.xsave.len()) as u64 + 64)
+        .max()
+        .unwrap_or(0);
+    let l = hole_layout(&HoleContents {
+        blob_len: blob.len() as u64,
+        vmas: prepared.vmas.len(),
+        runs: prepared.runs.len(),
+        pending: prepared.pending.len(),
+        threads: threads.len(),
         frame_len,
-        vdso::park_size(&own_maps),
-    );
+        park_len: vdso::park_size(&own_maps),
+    });
     let mut taken: Vec<(u64, u64)> = own_maps.iter().map(|m| (m.start, m.end)).collect();
     taken.extend(ckpt.mm.vmas.iter().map(|v| (v.start, v.end)));
     let hole = find_hole(&taken, l.len)
@@ -79,18 +85,29 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     args.runs = hole + l.runs;
     args.nr_runs = prepared.runs.len() as u64;
     args.pending = hole + l.pending;
-    args.nr_pending = prepared.pending.len() as u64;
+    args.threads = hole + l.threads;
+    args.nr_threads = threads.len() as u64;
     let parts = vdso::plan(&ckpt.mm.vmas, &own_maps, hole + l.park)?;
     args.vdso[..parts.len()].copy_from_slice(&parts);
     args.nr_vdso = parts.len() as u64;
-    let frame = thread::sigframe(pid, thread_core, xfeatures, hole + l.frame)?;
-    args.sigframe_rsp = frame.rsp;
-    image[l.frame as usize..l.frame as usize + frame.bytes.len()].copy_from_slice(&frame.bytes);
+    let mut thread_args = prepared.threads.clone();
+    for (i, (t, ta)) in threads.iter().zip(thread_args.iter_mut()).enumerate() {
+        let frame = thread::sigframe(pid, t, xfeatures, hole + l.frame(i))?;
+        let at = l.frame(i) as usize;
+        image[at..at + frame.bytes.len()].copy_from_slice(&frame.bytes);
+        ta.sigframe_rsp = frame.rsp;
+        ta.pending = hole + l.pending + ta.pending * size_of::<PendingSignal>() as u64;
+        if i > 0 {
+            ta.stack = hole + l.thread_stack(i);
+            ta.stack_size = layout::THREAD_STACK_SIZE;
+        }
+    }
     put(&mut image, l.args, &args);
     put_slice(&mut image, l.vmas, &prepared.vmas);
     put_slice(&mut image, l.runs, &prepared.runs);
     put_slice(&mut image, l.pending, &prepared.pending);
-    debug_assert!(l.args + size_of::<rcr_parasite::restore_abi::RestoreArgs>() as u64 <= l.vmas);
+    put_slice(&mut image, l.threads, &thread_args);
+    debug_assert!(l.args + size_of::<RestoreArgs>() as u64 <= l.vmas);
 
     let sources_end = prepared
         .sources
@@ -119,6 +136,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     let release = create::Release {
         hole_start: hole,
         hole_len: l.len,
+        threads: threads.iter().skip(1).map(|t| t.tid).collect(),
     };
     create::create(pid, &mut plan, sources_end + 1, &release)?;
     Ok(RestoreStats {
@@ -152,12 +170,14 @@ fn close_ranges(
     out
 }
 
-/// The saved pid must be free; say so before anything is created.
-fn preflight_pid(pid: i32) -> Result<()> {
-    // SAFETY: signal 0 only checks for existence.
-    let ret = unsafe { libc::kill(pid, 0) };
-    if ret == 0 || nix::errno::Errno::last() != nix::errno::Errno::ESRCH {
-        return Err(Error::PidTaken { pid });
+/// The saved pid and thread ids must be free; say so before anything is created.
+fn preflight_pids(ids: impl Iterator<Item = i32>) -> Result<()> {
+    for pid in ids {
+        // SAFETY: signal 0 only checks for existence (a thread id names its process).
+        let ret = unsafe { libc::kill(pid, 0) };
+        if ret == 0 || nix::errno::Errno::last() != nix::errno::Errno::ESRCH {
+            return Err(Error::pid_taken(pid));
+        }
     }
     Ok(())
 }

@@ -3,12 +3,13 @@
 //! arguments filled in. Nothing here creates a process.
 
 use crate::error::{Error, Result};
-use crate::objects::{files, fs_context, memory, mm_fields, rlimits, signals, timers};
+use crate::objects::{files, fs_context, memory, mm_fields, rlimits, signals, thread, timers};
 use crate::restore::child::{FdInstall, Session};
 use crate::restore::load::Checkpoint;
 use rcr_images::pb::{self, VmaKind};
 use rcr_parasite::restore_abi::{
-    PageRunEntry, PendingSignal, RestoreArgs, RseqConf, VdsoPart, VmaEntry, RESTORE_ABI_VERSION,
+    PageRunEntry, PendingSignal, RestoreArgs, RseqConf, ThreadArgs, VdsoPart, VmaEntry,
+    RESTORE_ABI_VERSION,
 };
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -28,7 +29,11 @@ pub struct Prepared {
     pub args: RestoreArgs,
     pub vmas: Vec<VmaEntry>,
     pub runs: Vec<PageRunEntry>,
+    /// The process's pending signals, then each thread's.
     pub pending: Vec<PendingSignal>,
+    /// Each thread's arguments, leader first, with `pending`/`nr_pending`
+    /// holding the index of its signals in `pending` and their count.
+    pub threads: Vec<ThreadArgs>,
     pub warnings: Vec<String>,
 }
 
@@ -104,15 +109,27 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         fd_base + mapped[&id] as i32
     });
     let runs = memory::restore_runs(&c.pagemap.runs);
-    let thread = &c.core.threads[0];
-    let pending = signals::restore_pending(&c.core.shared_pending, &thread.pending);
+    let mut pending = signals::restore_pending(&c.core.shared_pending);
+    let nr_shared = pending.len() as u64;
+    let threads = c
+        .core
+        .threads
+        .iter()
+        .map(|t| {
+            let mut args = thread::restore_thread_args(t);
+            let own = signals::restore_pending(&t.pending);
+            args.pending = pending.len() as u64;
+            args.nr_pending = own.len() as u64;
+            pending.extend(own);
+            args
+        })
+        .collect();
     let exe_fd = exe_index.map_or(-1, |i| fd_base + i as i32);
     let (mm, auxv) = mm_fields::restore_mm_fields(pid, &c.mm, exe_fd)?;
     let (sigaction_set, sigactions) = signals::restore_sigactions(&c.core.sigactions);
     let limits = rlimits::restore_rlimits(&c.core.rlimits, &mut warnings)?;
     let mut rlimit_slots = [Default::default(); 16];
     rlimit_slots[..limits.len()].copy_from_slice(&limits);
-    let regs = thread.regs.unwrap_or_default();
     let args = RestoreArgs {
         abi_version: RESTORE_ABI_VERSION,
         pages_fd: fd_base,
@@ -134,18 +151,11 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         rlimits: rlimit_slots,
         nr_rlimits: limits.len() as u64,
         pending: 0,
-        nr_pending: 0,
+        nr_pending: nr_shared,
         pdeathsig: c.core.pdeathsig as i64,
-        fs_base: regs.fs_base,
-        gs_base: regs.gs_base,
-        sigframe_rsp: 0,
         rseq_inherited: RseqConf::default(),
-        rseq: thread.rseq.map_or(RseqConf::default(), |r| RseqConf {
-            addr: r.address,
-            len: r.length,
-            sig: r.signature,
-        }),
-        comm: comm_bytes(&thread.comm),
+        threads: 0,
+        nr_threads: 0,
     };
     Ok(Prepared {
         session: session_of(&c.process),
@@ -159,16 +169,9 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         vmas,
         runs,
         pending,
+        threads,
         warnings,
     })
-}
-
-/// The name as `PR_SET_NAME` takes it: at most 15 bytes and a NUL.
-fn comm_bytes(comm: &str) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    let n = comm.len().min(15);
-    out[..n].copy_from_slice(&comm.as_bytes()[..n]);
-    out
 }
 
 fn session_of(p: &pb::ProcessEntry) -> Session {
