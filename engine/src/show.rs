@@ -15,24 +15,39 @@ use std::path::Path;
 /// Describes the checkpoint in `dir` as JSON.
 pub fn show(dir: &Path) -> Result<Value> {
     let c = load::load(dir)?;
-    let threads: Vec<Value> = c
-        .core
-        .threads
+    let processes: Vec<Value> = c
+        .processes
         .iter()
-        .map(|t| {
-            let rip = t.regs.as_ref().map_or(0, |r| r.rip);
-            json!({"tid": t.tid, "rip": format!("{rip:#x}"), "where": where_was(&c, rip)})
+        .map(|p| match &p.images {
+            None => json!({"pid": p.entry.pid, "zombie": true, "exit_code": p.entry.exit_code}),
+            Some(images) => {
+                let threads: Vec<Value> = images
+                    .core
+                    .threads
+                    .iter()
+                    .map(|t| {
+                        let rip = t.regs.as_ref().map_or(0, |r| r.rip);
+                        json!({"tid": t.tid, "rip": format!("{rip:#x}"),
+                               "where": where_was(images, &c.files, rip)})
+                    })
+                    .collect();
+                json!({
+                    "pid": p.entry.pid,
+                    "threads": threads,
+                    "core": value(&images.core),
+                    "mm": value(&images.mm),
+                    "pagemap": value(&images.pagemap),
+                    "fs": value(&images.fs),
+                })
+            }
         })
         .collect();
+    let tree: Vec<Value> = c.processes.iter().map(|p| value(&p.entry)).collect();
     Ok(json!({
         "dir": dir.display().to_string(),
         "inventory": value(&c.inventory),
-        "pstree": [value(&c.process)],
-        "threads": threads,
-        "core": value(&c.core),
-        "mm": value(&c.mm),
-        "pagemap": value(&c.pagemap),
-        "fs": value(&c.fs),
+        "pstree": tree,
+        "processes": processes,
         "files": value(&c.files),
     }))
 }
@@ -43,12 +58,12 @@ fn value<T: serde::Serialize>(v: &T) -> Value {
 
 /// The instruction bytes at `rip` (saved page if dumped, else the mapped
 /// file), decoded, and the ELF symbol around it.
-fn where_was(c: &load::Checkpoint, rip: u64) -> Value {
+fn where_was(c: &load::ProcessImages, files: &pb::FileTable, rip: u64) -> Value {
     let Some(vma) = c.mm.vmas.iter().find(|v| v.start <= rip && rip < v.end) else {
         return json!({"error": "rip is outside every saved VMA"});
     };
     let file = matches!(vma.kind(), VmaKind::FilePrivate | VmaKind::FileShared)
-        .then(|| files::reg_by_id(&c.files, vma.file_id))
+        .then(|| files::reg_by_id(files, vma.file_id))
         .flatten();
     let bytes = code_bytes(c, vma, file, rip);
     let insn = bytes.as_deref().map(|b| decode(b, rip));
@@ -64,7 +79,7 @@ fn where_was(c: &load::Checkpoint, rip: u64) -> Value {
 }
 
 fn code_bytes(
-    c: &load::Checkpoint,
+    c: &load::ProcessImages,
     vma: &pb::Vma,
     file: Option<&pb::RegFile>,
     rip: u64,

@@ -12,6 +12,9 @@ pub const RESTORE_ABI_VERSION: u32 = 2;
 
 /// `rdi` at the restorer's final trap when everything is in place.
 pub const TRAP_READY: u64 = 0x7263_725f_7265_6479; // "rcr_redy"
+/// `rdi` at the trap with which the engine's code in a new task says it
+/// carried out a command and waits for the next.
+pub const TRAP_ACK: u64 = 0x7263_725f_6163_6b21; // "rcr_ack!"
 /// `rdi` at a trap that reports a failure: `rsi` = [`Step`], `rdx` = errno,
 /// `rcx` = the address or index the step was working on.
 pub const TRAP_FAILED: u64 = 0x7263_725f_6661_696c; // "rcr_fail"
@@ -71,6 +74,8 @@ pub enum Step {
     ChildFds = 34,
     ChildCwd = 35,
     ChildHole = 36,
+    ChildFork = 37,
+    ChildExit = 38,
 }
 
 impl Step {
@@ -104,6 +109,8 @@ impl Step {
             ChildFds,
             ChildCwd,
             ChildHole,
+            ChildFork,
+            ChildExit,
         ];
         all.into_iter().find(|s| *s as u64 == raw)
     }
@@ -132,11 +139,13 @@ impl Step {
             Step::CloneThread => "creating a thread (clone3 with set_tid)",
             Step::TidAddress => "setting a thread's clear-child-tid address",
             Step::RobustList => "setting a thread's robust futex list",
-            Step::ChildSync => "waiting for rcr to attach",
+            Step::ChildSync => "waiting for rcr's next command",
             Step::ChildSession => "restoring session and process group",
             Step::ChildFds => "installing file descriptors",
             Step::ChildCwd => "restoring cwd and umask",
             Step::ChildHole => "mapping the restorer",
+            Step::ChildFork => "forking a child with its saved pid",
+            Step::ChildExit => "exiting to become a zombie again",
         }
     }
 }

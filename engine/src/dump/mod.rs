@@ -8,11 +8,12 @@ mod staging;
 use crate::error::{Error, Result};
 use crate::infect::parasite::Parasite;
 use crate::objects::files::{self, FileTableBuilder};
-use crate::objects::{fs_context, memory, mm_fields, rlimits, signals, thread, timers};
+use crate::objects::{fs_context, memory, mm_fields, pstree, rlimits, signals, thread, timers};
 use crate::proc::{auxv, pagemap::PageScanner, smaps, stat, status, tasks};
 use crate::ptrace;
 use rcr_images::{self as images, pb, ImageDir};
 use rcr_parasite::parasite_abi;
+use seize::{Member, SeizedTree};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -44,8 +45,9 @@ pub struct DumpStats {
 /// Highest user address of 4-level paging; the restorer works below it.
 const USER_END: u64 = 0x7fff_ffff_f000;
 
-/// Checkpoints process `opts.pid` into `opts.dir`. On any error the process is
-/// left running as it was and no checkpoint directory appears.
+/// Checkpoints the tree rooted at `opts.pid` into `opts.dir`. On any error
+/// every process is left running as it was and no checkpoint directory
+/// appears.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let started = Instant::now();
     let pid = opts.pid;
@@ -53,15 +55,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         return Err(Error::NoSuchProcess { pid });
     }
     let staging = staging::Staging::create(&opts.dir)?;
-    let seized = seize::seize(pid)?;
+    let tree = seize::seize_tree(pid)?;
     let dir = ImageDir::new(staging.path());
-    let pages_bytes = collect_and_write(pid, seized.tids(), &dir, opts)?;
+    let pages_bytes = write_tree(&tree, &dir, opts)?;
     let image_bytes = dir_size(staging.path());
     staging.commit()?;
     let freeze_seconds = if opts.leave_running {
-        seized.release()?
+        tree.release()?
     } else {
-        seized.kill()?
+        tree.kill()?
     };
     Ok(DumpStats {
         pid,
@@ -70,6 +72,34 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         pages_bytes,
         image_bytes,
     })
+}
+
+/// Checks the tree can be rebuilt, then dumps each live process. Returns
+/// the bytes of pages written.
+fn write_tree(tree: &SeizedTree, dir: &ImageDir, opts: &DumpOptions) -> Result<u64> {
+    let mut entries = Vec::with_capacity(tree.members.len());
+    for m in &tree.members {
+        let st = stat::read_stat(m.pid())?;
+        entries.push(match m {
+            Member::Live(s) => pstree::dump_entry(&st, s.tids()),
+            Member::Zombie(st) => pstree::dump_zombie(st),
+        });
+    }
+    pstree::check(&entries).map_err(|what| Error::Unsupported {
+        pid: opts.pid,
+        what: format!("this process tree: {what}"),
+    })?;
+    let mut file_table = FileTableBuilder::default();
+    let mut pages_bytes = 0;
+    for m in &tree.members {
+        if let Member::Live(s) = m {
+            pages_bytes += dump_process(s.pid(), s.tids(), dir, &mut file_table)?;
+        }
+    }
+    images::write(&dir.files(), &file_table.finish())?;
+    images::write(&dir.pstree(), &pb::ProcessTree { processes: entries })?;
+    images::write(&dir.inventory(), &inventory(opts.pid, opts))?;
+    Ok(pages_bytes)
 }
 
 fn traced(pid: i32) -> impl Fn(ptrace::PtraceError) -> Error {
@@ -84,24 +114,22 @@ struct Inside {
     pages: pb::PageMap,
 }
 
-fn collect_and_write(pid: i32, tids: &[i32], dir: &ImageDir, opts: &DumpOptions) -> Result<u64> {
+/// Dumps one seized process into its images. Returns the bytes of pages.
+fn dump_process(
+    pid: i32,
+    tids: &[i32],
+    dir: &ImageDir,
+    file_table: &mut FileTableBuilder,
+) -> Result<u64> {
     // Refusals first, while nothing has been done to the task.
-    let children = tasks::list_children(pid, pid)?;
-    if !children.is_empty() {
-        return Err(Error::Unsupported {
-            pid,
-            what: format!("a process with children (pids {children:?}); dump them as a tree"),
-        });
-    }
     let st = stat::read_stat(pid)?;
     let status = status::read_status(pid)?;
     check_creds(pid, &status)?;
     let examined = files::examine_fds(pid)?;
     let cwd = fs_context::dump_cwd(pid)?;
-    let mut file_table = FileTableBuilder::default();
     let vmas = smaps::read_smaps(pid)?
         .iter()
-        .map(|e| memory::vma_from_smaps(pid, e, &mut file_table))
+        .map(|e| memory::vma_from_smaps(pid, e, file_table))
         .collect::<Result<Vec<_>>>()?;
     if let Some(v) = vmas
         .iter()
@@ -114,7 +142,7 @@ fn collect_and_write(pid: i32, tids: &[i32], dir: &ImageDir, opts: &DumpOptions)
     }
     let exe = tasks::read_exe(pid)?;
     let exe_id = file_table.mapped_file(pid, Path::new(&exe), false)?;
-    let fds = files::dump_fds(pid, examined, &mut file_table)?;
+    let fds = files::dump_fds(pid, examined, file_table)?;
 
     // From outside, through ptrace, before anything touches the registers.
     let mut threads = tids
@@ -164,22 +192,10 @@ fn collect_and_write(pid: i32, tids: &[i32], dir: &ImageDir, opts: &DumpOptions)
         .iter()
         .map(|r| r.nr_pages * memory::PAGE_SIZE)
         .sum();
-    let tree = pb::ProcessTree {
-        processes: vec![pb::ProcessEntry {
-            pid,
-            ppid: st.ppid,
-            pgid: st.pgrp,
-            sid: st.session,
-            threads: tids.to_vec(),
-        }],
-    };
     images::write(&dir.core(pid), &core)?;
     images::write(&dir.mm(pid), &mm)?;
     images::write(&dir.pagemap(pid), &inside.pages)?;
     images::write(&dir.fs(pid), &fs)?;
-    images::write(&dir.files(), &file_table.finish())?;
-    images::write(&dir.pstree(), &tree)?;
-    images::write(&dir.inventory(), &inventory(pid, opts))?;
     Ok(pages_bytes)
 }
 

@@ -1,8 +1,13 @@
-//! Freezing the process to dump: PTRACE_SEIZE + PTRACE_INTERRUPT of every
-//! thread, and letting them go again (detach) or ending the process (kill)
-//! when the dump is over.
+//! Freezing the tree to dump: PTRACE_SEIZE + PTRACE_INTERRUPT of every
+//! thread of every process, and letting them go again (detach) or ending
+//! the tree (kill) when the dump is over.
+//!
+//! The tree is seized from the root down: a process is stopped before its
+//! children are listed, so no child can appear unseen. Children that have
+//! already exited (zombies) cannot be traced; they are recorded as they are.
 
 use crate::error::{Error, Result};
+use crate::proc::stat::{self, Stat};
 use crate::proc::tasks;
 use crate::ptrace::{self, PtraceError, Stop};
 use nix::errno::Errno;
@@ -17,8 +22,93 @@ pub struct Seized {
     pid: i32,
     /// The leader first, then the other threads.
     tids: Vec<i32>,
-    frozen_at: Instant,
     done: bool,
+}
+
+/// A process of the tree: seized, or a zombie waiting for its parent.
+pub enum Member {
+    Live(Seized),
+    Zombie(Stat),
+}
+
+impl Member {
+    pub fn pid(&self) -> i32 {
+        match self {
+            Member::Live(s) => s.pid,
+            Member::Zombie(st) => st.pid,
+        }
+    }
+}
+
+/// A seized tree: the root first, every parent before its children.
+pub struct SeizedTree {
+    pub members: Vec<Member>,
+    frozen_at: Instant,
+}
+
+/// Seizes `root` and all its descendants.
+pub fn seize_tree(root: i32) -> Result<SeizedTree> {
+    let frozen_at = Instant::now();
+    let mut members = vec![Member::Live(seize(root)?)];
+    let mut next = 0;
+    while next < members.len() {
+        if let Member::Live(parent) = &members[next] {
+            let mut children = Vec::new();
+            for &tid in &parent.tids {
+                children.extend(tasks::list_children(parent.pid, tid)?);
+            }
+            for child in children {
+                members.push(seize_child(child)?);
+            }
+        }
+        next += 1;
+    }
+    Ok(SeizedTree { members, frozen_at })
+}
+
+/// A child of a stopped parent: live and seized, or already a zombie.
+fn seize_child(pid: i32) -> Result<Member> {
+    let st = stat::read_stat(pid)?;
+    if st.state == 'Z' {
+        return Ok(Member::Zombie(st));
+    }
+    match seize(pid) {
+        Ok(s) => Ok(Member::Live(s)),
+        // It exited since the listing; its parent is stopped and cannot reap it.
+        Err(e) => match stat::read_stat(pid) {
+            Ok(st) if st.state == 'Z' => Ok(Member::Zombie(st)),
+            _ => Err(e),
+        },
+    }
+}
+
+impl SeizedTree {
+    /// Lets every process run on, untouched. Returns the freeze time in seconds.
+    pub fn release(self) -> Result<f64> {
+        let frozen = self.frozen_at.elapsed().as_secs_f64();
+        for m in self.members {
+            if let Member::Live(s) = m {
+                s.release()?;
+            }
+        }
+        Ok(frozen)
+    }
+
+    /// Ends every process (the checkpoint replaces them) and waits until
+    /// they are gone. Returns the freeze time in seconds.
+    pub fn kill(self) -> Result<f64> {
+        let frozen = self.frozen_at.elapsed().as_secs_f64();
+        let pids: Vec<i32> = self.members.iter().map(Member::pid).collect();
+        for m in self.members {
+            if let Member::Live(s) = m {
+                s.kill()?;
+            }
+        }
+        for pid in pids {
+            wait_reaped(pid);
+        }
+        Ok(frozen)
+    }
 }
 
 fn traced(pid: i32) -> impl Fn(PtraceError) -> Error {
@@ -28,12 +118,11 @@ fn traced(pid: i32) -> impl Fn(PtraceError) -> Error {
 /// Seizes every thread of `pid` and waits until all are stopped. Threads
 /// are listed again after each round, since a thread that was still running
 /// may have created more; the rounds end when one finds no new thread.
-pub fn seize(pid: i32) -> Result<Seized> {
+fn seize(pid: i32) -> Result<Seized> {
     seize_leader(pid)?;
     let mut seized = Seized {
         pid,
         tids: vec![pid],
-        frozen_at: Instant::now(),
         done: false,
     };
     wait_stopped(pid)?;
@@ -105,35 +194,36 @@ fn wait_stopped(pid: i32) -> Result<()> {
 }
 
 impl Seized {
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// The threads, leader first.
     pub fn tids(&self) -> &[i32] {
         &self.tids
     }
 
-    /// Lets the process run on, untouched. Returns the freeze time in seconds.
-    pub fn release(mut self) -> Result<f64> {
+    /// Lets the process run on, untouched.
+    fn release(mut self) -> Result<()> {
         self.done = true;
         for &tid in &self.tids {
             ptrace::detach(tid, 0).map_err(traced(tid))?;
         }
-        Ok(self.frozen_at.elapsed().as_secs_f64())
+        Ok(())
     }
 
-    /// Ends the process (the checkpoint replaces it) and waits until every
-    /// thread is gone, the leader last as the kernel reports it.
-    /// Returns the freeze time in seconds.
-    pub fn kill(mut self) -> Result<f64> {
+    /// Ends the process and waits until every thread is gone, the leader
+    /// last as the kernel reports it.
+    fn kill(mut self) -> Result<()> {
         self.done = true;
         // SAFETY: signals the process we hold stopped.
         if unsafe { libc::kill(self.pid, libc::SIGKILL) } != 0 {
             return Err(Error::sys(self.pid, "kill", Errno::last()));
         }
-        let frozen = self.frozen_at.elapsed().as_secs_f64();
         for &tid in self.tids.iter().rev() {
             wait_gone(tid)?;
         }
-        wait_reaped(self.pid);
-        Ok(frozen)
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@ pub mod files;
 pub mod fs_context;
 pub mod memory;
 pub mod mm_fields;
+pub mod pstree;
 pub mod rlimits;
 pub mod signals;
 pub mod thread;

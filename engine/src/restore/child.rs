@@ -1,23 +1,38 @@
 //! The engine's code in a new task, between `clone3` and the restorer.
 //!
 //! The task is a copy of rcr (possibly multi-threaded, so only raw syscalls:
-//! no allocation, no locks, no panics). It waits until rcr has attached,
-//! takes the saved session, installs the file descriptors, changes into the
-//! saved cwd, blocks all signals, maps the prepared hole and jumps into the
-//! restorer.
+//! no allocation, no locks, no panics). The root waits until rcr has
+//! attached and learns the rseq registration it inherited. Then every task
+//! serves rcr's commands, which rebuild the tree in order: start a session
+//! or group, fork a child with its saved pid (the child serves commands in
+//! turn), join a group, exit as a zombie. Each command is acknowledged with
+//! a trap that rcr, tracing the task, catches. On `Go` the task installs its
+//! file descriptors, changes into the saved cwd, blocks all signals, maps
+//! the prepared hole and jumps into the restorer.
 
-use rcr_parasite::restore_abi::{trap_failed, RseqConf, Step};
+use rcr_parasite::restore_abi::{trap_failed, RseqConf, Step, TRAP_ACK};
 use std::arch::asm;
 
-/// How the task regains its session and process group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Session {
-    /// It led its own session.
-    Setsid,
-    /// It led its own group inside rcr's session.
-    Setpgid,
-    /// It belonged to rcr's group and session (or one outside the checkpoint).
-    Inherit,
+/// A command from rcr to a task, read from the task's own pipe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Command {
+    pub op: u32,
+    pub arg: i32,
+}
+
+/// [`Command::op`] values.
+pub mod op {
+    pub const SETSID: u32 = 1;
+    pub const OWN_GROUP: u32 = 2;
+    /// Fork the task whose plan index is `arg`.
+    pub const FORK: u32 = 3;
+    /// Join process group `arg`.
+    pub const JOIN_GROUP: u32 = 4;
+    /// End with wait status `arg`, to stay a zombie.
+    pub const EXIT: u32 = 5;
+    /// Go on to restore the process.
+    pub const GO: u32 = 6;
 }
 
 /// One descriptor to install: `src` (rcr's) becomes `target` (the task's).
@@ -28,10 +43,18 @@ pub struct FdInstall {
     pub cloexec: bool,
 }
 
-/// Everything the new task needs, computed by rcr before `clone3`.
+/// Everything a new task needs, computed by rcr before `clone3`.
 pub struct ChildPlan<'a> {
+    pub pid: i32,
+    pub exit_signal: i32,
+    /// The read end of the task's command pipe.
     pub sync_fd: i32,
-    pub session: Session,
+    /// Where the restore goes; `None` for a zombie.
+    pub restore: Option<RestorePlan<'a>>,
+}
+
+/// What a live task does on `Go`.
+pub struct RestorePlan<'a> {
     pub installs: &'a [FdInstall],
     /// Inclusive ranges of descriptors to close (rcr's, not the task's).
     pub close: &'a [(u32, u32)],
@@ -59,15 +82,15 @@ fn sys(ret: libc::c_long, step: Step) -> libc::c_long {
     ret
 }
 
-/// Runs in the new task; never returns.
-pub fn run(plan: &ChildPlan) -> ! {
+/// Runs in the root task; never returns.
+pub fn run_root(plans: &[ChildPlan]) -> ! {
     let mut rseq = RseqConf::default();
     let want = std::mem::size_of::<RseqConf>();
     // SAFETY: reads the inherited rseq registration that rcr sends once it
     // has attached, into a local of exactly that size.
     let n = unsafe {
         libc::read(
-            plan.sync_fd,
+            plans[0].sync_fd,
             &mut rseq as *mut RseqConf as *mut libc::c_void,
             want,
         )
@@ -75,17 +98,125 @@ pub fn run(plan: &ChildPlan) -> ! {
     if n != want as isize {
         fail(Step::ChildSync, n as i64);
     }
+    serve(plans, 0, rseq)
+}
+
+/// `struct clone_args` up to `set_tid_size`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+}
+
+/// Serves rcr's commands as task `me`; a forked child serves its own.
+/// Children inherit the rseq registration with the rest of the memory.
+fn serve(plans: &[ChildPlan], me: usize, rseq: RseqConf) -> ! {
+    let plan = &plans[me];
+    loop {
+        // SAFETY: a trap rcr catches; it writes our next command first.
+        unsafe { asm!("int3", in("rdi") TRAP_ACK) };
+        let mut cmd = Command::default();
+        let want = std::mem::size_of::<Command>();
+        // SAFETY: reads one command into a local of exactly that size.
+        let n = unsafe {
+            libc::read(
+                plan.sync_fd,
+                &mut cmd as *mut Command as *mut libc::c_void,
+                want,
+            )
+        };
+        if n != want as isize {
+            fail(Step::ChildSync, n as i64);
+        }
+        // SAFETY: plain syscalls on this task.
+        unsafe {
+            match cmd.op {
+                op::SETSID => {
+                    sys(libc::setsid() as libc::c_long, Step::ChildSession);
+                }
+                op::OWN_GROUP => {
+                    sys(libc::setpgid(0, 0) as libc::c_long, Step::ChildSession);
+                }
+                op::JOIN_GROUP => {
+                    sys(
+                        libc::setpgid(0, cmd.arg) as libc::c_long,
+                        Step::ChildSession,
+                    );
+                }
+                op::FORK => {
+                    let child = cmd.arg as usize;
+                    let set_tid = [plans[child].pid];
+                    let args = CloneArgs {
+                        exit_signal: plans[child].exit_signal as u64,
+                        set_tid: set_tid.as_ptr() as u64,
+                        set_tid_size: 1,
+                        ..Default::default()
+                    };
+                    // A fork: the child has its own copy of this stack.
+                    let ret = sys(
+                        libc::syscall(
+                            libc::SYS_clone3,
+                            &args as *const CloneArgs,
+                            std::mem::size_of::<CloneArgs>(),
+                        ),
+                        Step::ChildFork,
+                    );
+                    if ret == 0 {
+                        serve(plans, child, rseq);
+                    }
+                }
+                op::EXIT => exit_as(cmd.arg),
+                op::GO => match &plan.restore {
+                    Some(r) => go(r, rseq),
+                    None => fail(Step::ChildSync, 0),
+                },
+                _ => fail(Step::ChildSync, 0),
+            }
+        }
+    }
+}
+
+/// Ends the task with wait status `status`: an exit code, or death by a
+/// signal (with its default action and no core file).
+fn exit_as(status: i32) -> ! {
+    // SAFETY: plain syscalls on this task, which is about to end.
+    unsafe {
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            libc::signal(sig, libc::SIG_DFL);
+            let all: u64 = 0;
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &all,
+                0usize,
+                8usize,
+            );
+            libc::kill(libc::getpid(), sig);
+        }
+        libc::syscall(libc::SYS_exit_group, libc::WEXITSTATUS(status));
+    }
+    fail(Step::ChildExit, 0)
+}
+
+/// Installs the task's descriptors, cwd and umask, then enters the restorer.
+fn go(plan: &RestorePlan, rseq: RseqConf) -> ! {
     // SAFETY: plain syscalls on this task.
     unsafe {
-        match plan.session {
-            Session::Setsid => {
-                sys(libc::setsid() as libc::c_long, Step::ChildSession);
-            }
-            Session::Setpgid => {
-                sys(libc::setpgid(0, 0) as libc::c_long, Step::ChildSession);
-            }
-            Session::Inherit => {}
-        }
         for i in plan.installs {
             let flags = if i.cloexec { libc::O_CLOEXEC } else { 0 };
             if i.src == i.target {

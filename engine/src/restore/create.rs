@@ -1,17 +1,22 @@
-//! Creating the restored task: `clone3` with `set_tid` so it gets its saved
-//! pid, then watching it through ptrace until the restorer reports ready, and
-//! releasing it past its final `rt_sigreturn`.
+//! Creating the restored tree: `clone3` with `set_tid` gives the root its
+//! saved pid; rcr then traces it and walks it through the tree's steps
+//! (sessions, groups, forks with saved pids, zombies), lets every live
+//! process restore itself in parallel, waits until each thread of each
+//! process traps ready in the restorer, and releases them all past their
+//! final `rt_sigreturn`.
 //!
-//! rcr traces the new task from its first instruction with
-//! `PTRACE_O_EXITKILL`: if rcr dies before the release, the kernel kills the
-//! task, so a half-restored process never lingers.
+//! rcr traces every new task from its first instruction with
+//! `PTRACE_O_EXITKILL` (forks and threads are traced from birth too): if
+//! rcr dies before the release, the kernel kills them, so a half-restored
+//! tree never lingers.
 
 use crate::error::{Error, Result};
 use crate::infect::remote::RemoteTask;
+use crate::objects::pstree::TreeStep;
 use crate::ptrace::{self, Stop};
-use crate::restore::child::{self, ChildPlan};
+use crate::restore::child::{self, op, ChildPlan, Command};
 use nix::errno::Errno;
-use rcr_parasite::restore_abi::{RseqConf, Step, TRAP_FAILED, TRAP_READY};
+use rcr_parasite::restore_abi::{RseqConf, Step, TRAP_ACK, TRAP_FAILED, TRAP_READY};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// `struct clone_args` of `<linux/sched.h>` (CLONE_ARGS_SIZE_VER2).
@@ -31,24 +36,40 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// Kills a process rcr created unless it was released.
+/// One process as rcr releases it.
+pub struct Release {
+    pub pid: i32,
+    /// The threads other than the leader, which the restorer creates.
+    pub threads: Vec<i32>,
+    /// The restorer's hole, unmapped at the end; `None` for a zombie.
+    pub hole: Option<(u64, u64)>,
+    /// A zombie's wait status.
+    pub exit_code: i32,
+}
+
+/// Kills the processes rcr created unless they were released.
 struct Created<'a> {
-    pid: i32,
-    threads: &'a [i32],
+    procs: &'a [Release],
+    /// How many of `procs` exist (in creation order, not tree order).
+    made: Vec<usize>,
     released: bool,
 }
 
 impl Drop for Created<'_> {
     fn drop(&mut self) {
-        if !self.released {
-            // SAFETY: signals our own child and reaps its threads (traced by
-            // us, so ours to reap; ECHILD for those never created), then it.
+        if self.released {
+            return;
+        }
+        for &i in self.made.iter().rev() {
+            let p = &self.procs[i];
+            // SAFETY: signals a process we created and reaps its threads and
+            // it as their tracer (ECHILD for threads never created).
             unsafe {
-                libc::kill(self.pid, libc::SIGKILL);
-                for &tid in self.threads {
+                libc::kill(p.pid, libc::SIGKILL);
+                for &tid in &p.threads {
                     libc::waitpid(tid, std::ptr::null_mut(), libc::__WALL);
                 }
-                libc::waitpid(self.pid, std::ptr::null_mut(), libc::__WALL);
+                libc::waitpid(p.pid, std::ptr::null_mut(), libc::__WALL);
             }
         }
     }
@@ -58,47 +79,62 @@ fn traced(pid: i32) -> impl Fn(ptrace::PtraceError) -> Error {
     move |e| Error::sys(pid, e.op, e.errno)
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+fn pipe_at(min_fd: i32) -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors we then own.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(Error::io("pipe", std::io::Error::last_os_error()));
     }
     // SAFETY: both descriptors were just created for us.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// What the parent needs to finish a restore once the task traps ready.
-pub struct Release {
-    pub hole_start: u64,
-    pub hole_len: u64,
-    /// The threads other than the leader, which the restorer creates.
-    pub threads: Vec<i32>,
-}
-
-/// Creates the task with pid `pid` running `plan` (whose `sync_fd` is set
-/// here), and returns once it runs the saved program on its own.
-pub fn create(pid: i32, plan: &mut ChildPlan, sync_min_fd: i32, release: &Release) -> Result<()> {
-    let (sync_r, sync_w) = pipe()?;
-    // The read end must sit where the child closes rcr's descriptors.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The read end must sit where the task closes rcr's descriptors.
     // SAFETY: duplicates our own descriptor; checked below.
-    let raw = unsafe { libc::fcntl(sync_r.as_raw_fd(), libc::F_DUPFD_CLOEXEC, sync_min_fd) };
+    let raw = unsafe { libc::fcntl(r.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min_fd) };
     if raw < 0 {
         return Err(Error::io("pipe", std::io::Error::last_os_error()));
     }
     // SAFETY: the descriptor fcntl just made.
-    let sync_r = unsafe { OwnedFd::from_raw_fd(raw) };
-    plan.sync_fd = sync_r.as_raw_fd();
+    Ok((unsafe { OwnedFd::from_raw_fd(raw) }, w))
+}
 
-    let set_tid = [pid as libc::pid_t];
+fn write_bytes<T: Copy>(fd: &OwnedFd, value: &T) -> Result<()> {
+    let n = std::mem::size_of::<T>();
+    // SAFETY: writes the bytes of a plain struct to our pipe.
+    let written =
+        unsafe { libc::write(fd.as_raw_fd(), value as *const T as *const libc::c_void, n) };
+    if written != n as isize {
+        return Err(Error::io("pipe", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Creates the tree: `plans` and `procs` in tree order (root first),
+/// `steps` from [`crate::objects::pstree::plan`]. Returns once every live
+/// process runs its saved program on its own.
+pub fn create(
+    plans: &mut [ChildPlan],
+    procs: &[Release],
+    steps: &[TreeStep],
+    sync_min_fd: i32,
+) -> Result<()> {
+    let mut writers = Vec::with_capacity(plans.len());
+    let mut readers = Vec::with_capacity(plans.len());
+    for plan in plans.iter_mut() {
+        let (r, w) = pipe_at(sync_min_fd)?;
+        plan.sync_fd = r.as_raw_fd();
+        readers.push(r);
+        writers.push(w);
+    }
+    let root = procs[0].pid;
+    let set_tid = [root as libc::pid_t];
     let args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
+        exit_signal: plans[0].exit_signal as u64,
         set_tid: set_tid.as_ptr() as u64,
         set_tid_size: 1,
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM is a fork: the child gets a copy of our
-    // memory and runs `child::run`, which only makes raw syscalls.
+    // memory and runs `child::run_root`, which only makes raw syscalls.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -107,47 +143,94 @@ pub fn create(pid: i32, plan: &mut ChildPlan, sync_min_fd: i32, release: &Releas
         )
     };
     if ret == 0 {
-        child::run(plan);
+        child::run_root(plans);
     }
     if ret < 0 {
         return Err(match Errno::last() {
-            Errno::EEXIST => Error::pid_taken(pid),
+            Errno::EEXIST => Error::pid_taken(root),
             Errno::EPERM => Error::Preflight(format!(
-                "clone3 with set_tid (to get pid {pid} back) needs CAP_CHECKPOINT_RESTORE \
+                "clone3 with set_tid (to get pid {root} back) needs CAP_CHECKPOINT_RESTORE \
                  or CAP_SYS_ADMIN in the pid namespace"
             )),
-            e => Error::sys(pid, "clone3", e),
+            e => Error::sys(root, "clone3", e),
         });
     }
-    let created = Created {
-        pid: ret as i32,
-        threads: &release.threads,
+    let mut created = Created {
+        procs,
+        made: vec![0],
         released: false,
     };
-    drop(sync_r);
-    if created.pid != pid {
+    drop(readers);
+    if ret as i32 != root {
         return Err(Error::RestoreLost {
-            pid,
-            what: format!("the kernel gave pid {} instead", created.pid),
+            pid: root,
+            what: format!("the kernel gave pid {ret} instead"),
         });
     }
-    attach(pid, &sync_w)?;
-    for tid in std::iter::once(pid).chain(release.threads.iter().copied()) {
-        wait_ready(tid)?;
+    attach(root, &writers[0])?;
+    wait_trap(root, TRAP_ACK)?;
+    let command = |i: usize, op: u32, arg: i32| -> Result<()> {
+        write_bytes(&writers[i], &Command { op, arg })?;
+        ptrace::cont(procs[i].pid, 0).map_err(traced(procs[i].pid))
+    };
+    for &step in steps {
+        match step {
+            TreeStep::Setsid(i) => {
+                command(i, op::SETSID, 0)?;
+                wait_trap(procs[i].pid, TRAP_ACK)?;
+            }
+            TreeStep::OwnGroup(i) => {
+                command(i, op::OWN_GROUP, 0)?;
+                wait_trap(procs[i].pid, TRAP_ACK)?;
+            }
+            TreeStep::JoinGroup { task, leader } => {
+                let pgid = match leader {
+                    Some(l) => procs[l].pid,
+                    // SAFETY: getpgid only reads.
+                    None => unsafe { libc::getpgid(root) },
+                };
+                command(task, op::JOIN_GROUP, pgid)?;
+                wait_trap(procs[task].pid, TRAP_ACK)?;
+            }
+            TreeStep::Fork { parent, child } => {
+                command(parent, op::FORK, child as i32)?;
+                wait_trap(procs[parent].pid, TRAP_ACK)?;
+                created.made.push(child);
+                wait_trap(procs[child].pid, TRAP_ACK)?;
+            }
+            TreeStep::Exit(i) => {
+                command(i, op::EXIT, procs[i].exit_code)?;
+                wait_exit(procs[i].pid)?;
+            }
+        }
     }
-    finish(pid, release)?;
-    let mut created = created;
+    for (i, p) in procs.iter().enumerate() {
+        if p.hole.is_some() {
+            command(i, op::GO, 0)?;
+        }
+    }
+    for p in procs.iter().filter(|p| p.hole.is_some()) {
+        for tid in std::iter::once(p.pid).chain(p.threads.iter().copied()) {
+            wait_trap(tid, TRAP_READY)?;
+        }
+    }
+    for p in procs {
+        if let Some(hole) = p.hole {
+            finish(p, hole)?;
+        }
+    }
     created.released = true;
     Ok(())
 }
 
-/// Seizes the new task (it waits in a read for us), tells it the rseq
-/// registration it inherited, and lets it go on. The threads the restorer
-/// creates are traced from their start too (and killed with rcr).
+/// Seizes the root (it waits in a read for us), tells it the rseq
+/// registration it inherited, and lets it go on. The processes and threads
+/// it creates are traced from their start too (and killed with rcr).
 fn attach(pid: i32, sync_w: &OwnedFd) -> Result<()> {
     let options = ptrace::default_options()
         | ptrace::Options::PTRACE_O_EXITKILL
-        | ptrace::Options::PTRACE_O_TRACECLONE;
+        | ptrace::Options::PTRACE_O_TRACECLONE
+        | ptrace::Options::PTRACE_O_TRACEFORK;
     ptrace::seize(pid, options).map_err(traced(pid))?;
     ptrace::interrupt(pid).map_err(traced(pid))?;
     loop {
@@ -170,30 +253,21 @@ fn attach(pid: i32, sync_w: &OwnedFd) -> Result<()> {
         sig: conf.signature,
     };
     ptrace::cont(pid, 0).map_err(traced(pid))?;
-    let n = std::mem::size_of::<RseqConf>();
-    // SAFETY: writes the bytes of a plain struct to our pipe.
-    let written = unsafe {
-        libc::write(
-            sync_w.as_raw_fd(),
-            &rseq as *const RseqConf as *const libc::c_void,
-            n,
-        )
-    };
-    if written != n as isize {
-        return Err(Error::io("pipe", std::io::Error::last_os_error()));
-    }
-    Ok(())
+    write_bytes(sync_w, &rseq)
 }
 
-/// Waits for thread `pid`'s trap in the restorer: ready, or a failure it
-/// describes. Other stops on the way (the leader's clone events, a new
-/// thread's first stop) are let go.
-fn wait_ready(pid: i32) -> Result<()> {
+/// Waits until task `pid` traps with `want` in `rdi` (an acknowledged
+/// command, or ready in the restorer), or reports the failure it trapped
+/// with. Other stops on the way (fork and clone events, a new task's first
+/// stop) are let go. Signals that reach a task before it blocks them for
+/// the restorer (a zombie's SIGCHLD, a stray kill) are dropped: they are
+/// not the saved program's, whose pending signals come from the images.
+fn wait_trap(pid: i32, want: u64) -> Result<()> {
     loop {
         match ptrace::wait_stop(pid).map_err(traced(pid))? {
             Stop::Signal(libc::SIGTRAP) => {
                 let regs = ptrace::get_regs(pid).map_err(traced(pid))?;
-                if regs.rdi == TRAP_READY {
+                if regs.rdi == want {
                     return Ok(());
                 }
                 if regs.rdi == TRAP_FAILED {
@@ -210,6 +284,7 @@ fn wait_ready(pid: i32) -> Result<()> {
                     what: format!("unexpected trap at {:#x}", regs.rip),
                 });
             }
+            Stop::Signal(sig) if !is_fault(sig) => ptrace::cont(pid, 0).map_err(traced(pid))?,
             Stop::Signal(sig) => {
                 let rip = ptrace::get_regs(pid).map_or(0, |r| r.rip);
                 // SAFETY: si_addr is valid for the fault signals that matter here.
@@ -238,25 +313,43 @@ fn wait_ready(pid: i32) -> Result<()> {
     }
 }
 
-/// Steps every thread through its `rt_sigreturn`, unmaps the hole from
-/// inside the leader, and detaches: from here the saved program runs.
-fn finish(pid: i32, release: &Release) -> Result<()> {
-    let all = || std::iter::once(pid).chain(release.threads.iter().copied());
+fn is_fault(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGSYS
+    )
+}
+
+/// Waits until a task told to exit has: it stays a zombie for its parent
+/// once rcr, its tracer, has seen the exit. Its own fatal signal, if that
+/// is how it ended, is let through.
+fn wait_exit(pid: i32) -> Result<()> {
+    loop {
+        match ptrace::wait_stop(pid).map_err(traced(pid))? {
+            Stop::Exited(_) | Stop::Killed(_) => return Ok(()),
+            Stop::Signal(sig) => ptrace::cont(pid, sig).map_err(traced(pid))?,
+            _ => ptrace::cont(pid, 0).map_err(traced(pid))?,
+        }
+    }
+}
+
+/// Steps every thread of a process through its `rt_sigreturn`, unmaps the
+/// hole from inside the leader, and detaches: from here the saved program
+/// runs.
+fn finish(p: &Release, (hole_start, hole_len): (u64, u64)) -> Result<()> {
+    let all = || std::iter::once(p.pid).chain(p.threads.iter().copied());
     for tid in all() {
         step_through_sigreturn(tid)?;
     }
-    let mut task = RemoteTask::new(pid)?;
-    let ret = task.syscall(
-        libc::SYS_munmap,
-        [release.hole_start, release.hole_len, 0, 0, 0, 0],
-    )?;
+    let mut task = RemoteTask::new(p.pid)?;
+    let ret = task.syscall(libc::SYS_munmap, [hole_start, hole_len, 0, 0, 0, 0])?;
     task.restore_regs()?;
     if ret != 0 {
         return Err(Error::RestoreFailed {
-            pid,
+            pid: p.pid,
             step: "unmapping the restorer",
             errno: Errno::from_raw(-ret as i32),
-            at: release.hole_start,
+            at: hole_start,
         });
     }
     for tid in all() {

@@ -2,20 +2,31 @@
 //! versions, checksums (page data included), and every cross-reference.
 
 use crate::error::{Error, Result};
-use crate::objects::{files, memory};
+use crate::objects::{files, memory, pstree};
 use rcr_images::pb::{self, VmaKind};
 use rcr_images::{self as images, ImageDir};
 use std::path::{Path, PathBuf};
 
-/// Everything a single-process checkpoint holds, checked.
+/// Everything a checkpoint holds, checked.
 pub struct Checkpoint {
     pub inventory: pb::Inventory,
-    pub process: pb::ProcessEntry,
+    /// The tree, root first, parents before children.
+    pub processes: Vec<Process>,
+    pub files: pb::FileTable,
+}
+
+/// One process: its ids, and its images unless it is a zombie.
+pub struct Process {
+    pub entry: pb::ProcessEntry,
+    pub images: Option<ProcessImages>,
+}
+
+/// The images of one live process.
+pub struct ProcessImages {
     pub core: pb::Core,
     pub mm: pb::Mm,
     pub pagemap: pb::PageMap,
     pub fs: pb::FsState,
-    pub files: pb::FileTable,
     pub pages_path: PathBuf,
 }
 
@@ -33,47 +44,55 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         path: dir.to_path_buf(),
         what,
     };
-    let [process] = tree.processes.as_slice() else {
-        return Err(invalid(format!(
-            "it holds {} processes; restoring process trees is not supported yet",
-            tree.processes.len()
-        )));
-    };
-    if process.pid != inventory.root_pid {
+    pstree::check(&tree.processes).map_err(invalid)?;
+    if tree.processes[0].pid != inventory.root_pid {
         return Err(invalid(format!(
             "the process tree's root {} is not the inventory's {}",
-            process.pid, inventory.root_pid
+            tree.processes[0].pid, inventory.root_pid
         )));
     }
-    let pid = process.pid;
-    let core: pb::Core = images::read(&d.core(pid))?;
-    let mm: pb::Mm = images::read(&d.mm(pid))?;
-    let pagemap: pb::PageMap = images::read(&d.pagemap(pid))?;
-    let fs: pb::FsState = images::read(&d.fs(pid))?;
-    let file_table: pb::FileTable = images::read(&d.files())?;
-    let pages_path = d.pages(pid);
-    images::pages::verify_runs(&pages_path, &pagemap)?;
-    let ckpt = Checkpoint {
+    let files: pb::FileTable = images::read(&d.files())?;
+    let mut processes = Vec::with_capacity(tree.processes.len());
+    for entry in tree.processes {
+        let images = if entry.zombie {
+            None
+        } else {
+            let pid = entry.pid;
+            let images = ProcessImages {
+                core: images::read(&d.core(pid))?,
+                mm: images::read(&d.mm(pid))?,
+                pagemap: images::read(&d.pagemap(pid))?,
+                fs: images::read(&d.fs(pid))?,
+                pages_path: d.pages(pid),
+            };
+            images::pages::verify_runs(&images.pages_path, &images.pagemap)?;
+            check_references(&entry, &images, &files).map_err(invalid)?;
+            Some(images)
+        };
+        processes.push(Process { entry, images });
+    }
+    Ok(Checkpoint {
         inventory,
-        process: process.clone(),
-        core,
-        mm,
-        pagemap,
-        fs,
-        files: file_table,
-        pages_path,
-    };
-    check_references(&ckpt).map_err(invalid)?;
-    Ok(ckpt)
+        processes,
+        files,
+    })
 }
 
-fn check_references(c: &Checkpoint) -> std::result::Result<(), String> {
-    let pid = c.process.pid;
+fn check_references(
+    entry: &pb::ProcessEntry,
+    c: &ProcessImages,
+    files: &pb::FileTable,
+) -> std::result::Result<(), String> {
+    let pid = entry.pid;
     if c.core.pid != pid {
         return Err(format!("core-{pid}.img describes pid {}", c.core.pid));
     }
-    if c.core.threads.first().map(|t| t.tid) != Some(pid) {
-        return Err(format!("process {pid}'s first thread is not its leader"));
+    let tids: Vec<i32> = c.core.threads.iter().map(|t| t.tid).collect();
+    if tids != entry.threads {
+        return Err(format!(
+            "process {pid}'s threads {tids:?} are not the tree's {:?}",
+            entry.threads
+        ));
     }
     let mut tids = std::collections::HashSet::new();
     if let Some(t) = c
@@ -88,7 +107,7 @@ fn check_references(c: &Checkpoint) -> std::result::Result<(), String> {
         ));
     }
     memory::validate(&c.mm.vmas, &c.pagemap.runs)?;
-    let has = |id: u32| files::reg_by_id(&c.files, id).is_some();
+    let has = |id: u32| files::reg_by_id(files, id).is_some();
     for v in &c.mm.vmas {
         let file_backed = matches!(v.kind(), VmaKind::FilePrivate | VmaKind::FileShared);
         if file_backed && !has(v.file_id) {

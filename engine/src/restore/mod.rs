@@ -9,12 +9,11 @@ mod prepare;
 
 use crate::blob;
 use crate::error::{Error, Result};
-use crate::objects::{thread, vdso};
+use crate::objects::{pstree, thread, vdso};
 use crate::proc::maps;
 use layout::{find_hole, hole_layout, put, put_slice, HoleContents};
 use rcr_parasite::restore_abi::{PendingSignal, RestoreArgs};
 use std::mem::size_of;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -38,23 +37,116 @@ pub struct RestoreStats {
     pub warnings: Vec<String>,
 }
 
-/// Restores the checkpoint in `opts.dir`. Either the process runs again with
-/// its saved pid, or nothing of it exists.
+/// Restores the checkpoint in `opts.dir`. Either the whole tree runs again
+/// with its saved pids, or nothing of it exists.
 pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     let started = Instant::now();
     let ckpt = load::load(&opts.dir)?;
-    let pid = ckpt.process.pid;
-    preflight_pids(ckpt.core.threads.iter().map(|t| t.tid))?;
+    let pid = ckpt.processes[0].entry.pid;
+    preflight_pids(ckpt.processes.iter().flat_map(|p| {
+        std::iter::once(p.entry.pid).chain(p.entry.threads.iter().skip(1).copied())
+    }))?;
     crate::cpu::check_restore(&ckpt.inventory)?;
     let prepared = prepare::prepare(&ckpt)?;
-    let pages_bytes = prepared.runs.iter().map(|r| r.len).sum();
+    let pages_bytes = prepared
+        .processes
+        .iter()
+        .flatten()
+        .flat_map(|p| p.runs.iter().map(|r| r.len))
+        .sum();
 
+    let own_maps = maps::read_maps(std::process::id() as i32)?;
+    let mut built = Vec::with_capacity(ckpt.processes.len());
+    for (p, prep) in ckpt.processes.iter().zip(&prepared.processes) {
+        built.push(match (&p.images, prep) {
+            (Some(images), Some(prep)) => Some(build_hole(images, prep, &own_maps)?),
+            _ => None,
+        });
+    }
+    let closes: Vec<Vec<(u32, u32)>> = prepared
+        .processes
+        .iter()
+        .map(|prep| {
+            prep.as_ref().map_or_else(Vec::new, |prep| {
+                close_ranges(
+                    prep.installs.iter().map(|i| i.target),
+                    prep.restorer_fds.clone(),
+                )
+            })
+        })
+        .collect();
+    let mut plans = Vec::with_capacity(ckpt.processes.len());
+    let mut releases = Vec::with_capacity(ckpt.processes.len());
+    for (((p, prep), hole), close) in ckpt
+        .processes
+        .iter()
+        .zip(&prepared.processes)
+        .zip(&built)
+        .zip(&closes)
+    {
+        let restore = match (prep, hole) {
+            (Some(prep), Some(h)) => Some(child::RestorePlan {
+                installs: &prep.installs,
+                close,
+                cwd_fd: prep.cwd_fd,
+                umask: prep.umask,
+                hole_start: h.start,
+                image: &h.image,
+                entry: h.entry,
+                stack_top: h.stack_top,
+                args_addr: h.args_addr,
+                rseq_offset: h.rseq_offset,
+            }),
+            _ => None,
+        };
+        plans.push(child::ChildPlan {
+            pid: p.entry.pid,
+            exit_signal: p.entry.exit_signal,
+            sync_fd: -1,
+            restore,
+        });
+        releases.push(create::Release {
+            pid: p.entry.pid,
+            threads: p.entry.threads.iter().skip(1).copied().collect(),
+            hole: hole.as_ref().map(|h| (h.start, h.image.len() as u64)),
+            exit_code: p.entry.exit_code,
+        });
+    }
+    let entries: Vec<_> = ckpt.processes.iter().map(|p| p.entry.clone()).collect();
+    let steps = pstree::plan(&entries);
+    create::create(&mut plans, &releases, &steps, prepared.fd_top + 1)?;
+    Ok(RestoreStats {
+        pid,
+        pages_bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        warnings: prepared.warnings,
+    })
+}
+
+/// One process's restorer hole, laid out and filled in.
+struct BuiltHole {
+    start: u64,
+    image: Vec<u8>,
+    entry: u64,
+    stack_top: u64,
+    args_addr: u64,
+    rseq_offset: u64,
+}
+
+/// Places the restorer, its arguments, the threads' frames and stacks in a
+/// hole that neither rcr (whose copy the new task starts as) nor the saved
+/// process uses.
+fn build_hole(
+    images: &load::ProcessImages,
+    prep: &prepare::PreparedProcess,
+    own_maps: &[maps::MapsEntry],
+) -> Result<BuiltHole> {
+    let pid = images.core.pid;
     let blob = blob::restorer();
     let entry_off = blob
         .symbol("rcr_restorer_main")
         .expect("the restorer blob has its entry point");
-    let own_maps = maps::read_maps(std::process::id() as i32)?;
-    let threads = &ckpt.core.threads;
+    let threads = &images.core.threads;
     let xfeatures = rcr_arch::cpuid::xcr0();
     let frame_len = threads
         .iter()
@@ -63,34 +155,34 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
         .unwrap_or(0);
     let l = hole_layout(&HoleContents {
         blob_len: blob.len() as u64,
-        vmas: prepared.vmas.len(),
-        runs: prepared.runs.len(),
-        pending: prepared.pending.len(),
+        vmas: prep.vmas.len(),
+        runs: prep.runs.len(),
+        pending: prep.pending.len(),
         threads: threads.len(),
         frame_len,
-        park_len: vdso::park_size(&own_maps),
+        park_len: vdso::park_size(own_maps),
     });
     let mut taken: Vec<(u64, u64)> = own_maps.iter().map(|m| (m.start, m.end)).collect();
-    taken.extend(ckpt.mm.vmas.iter().map(|v| (v.start, v.end)));
+    taken.extend(images.mm.vmas.iter().map(|v| (v.start, v.end)));
     let hole = find_hole(&taken, l.len)
         .ok_or_else(|| Error::Preflight("no free address range for the restorer".into()))?;
 
     let mut image = blob.relocated(hole);
     image.resize(l.len as usize, 0);
-    let mut args = prepared.args;
+    let mut args = prep.args;
     args.hole_start = hole;
     args.hole_end = hole + l.len;
     args.vmas = hole + l.vmas;
-    args.nr_vmas = prepared.vmas.len() as u64;
+    args.nr_vmas = prep.vmas.len() as u64;
     args.runs = hole + l.runs;
-    args.nr_runs = prepared.runs.len() as u64;
+    args.nr_runs = prep.runs.len() as u64;
     args.pending = hole + l.pending;
     args.threads = hole + l.threads;
     args.nr_threads = threads.len() as u64;
-    let parts = vdso::plan(&ckpt.mm.vmas, &own_maps, hole + l.park)?;
+    let parts = vdso::plan(&images.mm.vmas, own_maps, hole + l.park)?;
     args.vdso[..parts.len()].copy_from_slice(&parts);
     args.nr_vdso = parts.len() as u64;
-    let mut thread_args = prepared.threads.clone();
+    let mut thread_args = prep.threads.clone();
     for (i, (t, ta)) in threads.iter().zip(thread_args.iter_mut()).enumerate() {
         let frame = thread::sigframe(pid, t, xfeatures, hole + l.frame(i))?;
         let at = l.frame(i) as usize;
@@ -103,70 +195,40 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
         }
     }
     put(&mut image, l.args, &args);
-    put_slice(&mut image, l.vmas, &prepared.vmas);
-    put_slice(&mut image, l.runs, &prepared.runs);
-    put_slice(&mut image, l.pending, &prepared.pending);
+    put_slice(&mut image, l.vmas, &prep.vmas);
+    put_slice(&mut image, l.runs, &prep.runs);
+    put_slice(&mut image, l.pending, &prep.pending);
     put_slice(&mut image, l.threads, &thread_args);
     debug_assert!(l.args + size_of::<RestoreArgs>() as u64 <= l.vmas);
-
-    let sources_end = prepared
-        .sources
-        .last()
-        .map_or(prepared.fd_base, |f| f.as_raw_fd());
-    let restorer_end = prepared.fd_base + prepared.restorer_fds.len() as i32;
-    let close = close_ranges(
-        prepared.installs.iter().map(|i| i.target),
-        prepared.fd_base,
-        restorer_end,
-    );
-    let mut plan = child::ChildPlan {
-        sync_fd: -1,
-        session: prepared.session,
-        installs: &prepared.installs,
-        close: &close,
-        cwd_fd: prepared.cwd_fd,
-        umask: prepared.umask,
-        hole_start: hole,
-        image: &image,
+    Ok(BuiltHole {
+        start: hole,
+        image,
         entry: hole + entry_off,
         stack_top: hole + l.stack_top,
         args_addr: hole + l.args,
         rseq_offset: layout::rseq_inherited_offset(&l),
-    };
-    let release = create::Release {
-        hole_start: hole,
-        hole_len: l.len,
-        threads: threads.iter().skip(1).map(|t| t.tid).collect(),
-    };
-    create::create(pid, &mut plan, sources_end + 1, &release)?;
-    Ok(RestoreStats {
-        pid,
-        pages_bytes,
-        seconds: started.elapsed().as_secs_f64(),
-        warnings: prepared.warnings,
     })
 }
 
-/// Descriptor ranges the new task closes: everything below `keep_from` that is
-/// not a target, and everything from the restorer's descriptors' end on
-/// (the install sources, the cwd handle, the sync pipe, rcr's own).
+/// Descriptor ranges a new task closes: every one that is neither one of
+/// its targets nor in its restorer's block (the sources, cwd handles, other
+/// processes' blocks, the command pipes, rcr's own).
 fn close_ranges(
     targets: impl Iterator<Item = i32>,
-    keep_from: i32,
-    restorer_end: i32,
+    block: std::ops::Range<i32>,
 ) -> Vec<(u32, u32)> {
-    let mut targets: Vec<i32> = targets.collect();
-    targets.sort_unstable();
-    targets.dedup();
+    let mut keep: Vec<i32> = targets.chain(block).collect();
+    keep.sort_unstable();
+    keep.dedup();
     let mut out = Vec::new();
-    let mut next = 0;
-    for t in targets.into_iter().chain([keep_from]) {
-        if t > next {
-            out.push((next as u32, (t - 1) as u32));
+    let mut next: i64 = 0;
+    for k in keep {
+        if i64::from(k) > next {
+            out.push((next as u32, (k - 1) as u32));
         }
-        next = t + 1;
+        next = i64::from(k) + 1;
     }
-    out.push((restorer_end as u32, u32::MAX));
+    out.push((next as u32, u32::MAX));
     out
 }
 
@@ -187,12 +249,16 @@ mod tests {
     use super::close_ranges;
 
     #[test]
-    fn closes_gaps_and_everything_past_the_restorer() {
-        let ranges = close_ranges([0, 1, 2, 7, 100].into_iter(), 101, 104);
+    fn closes_everything_but_targets_and_the_restorer_block() {
+        let ranges = close_ranges([0, 1, 2, 7, 100].into_iter(), 101..104);
         assert_eq!(ranges, vec![(3, 6), (8, 99), (104, u32::MAX)]);
         assert_eq!(
-            close_ranges(std::iter::empty(), 3, 5),
+            close_ranges(std::iter::empty(), 3..5),
             vec![(0, 2), (5, u32::MAX)]
+        );
+        assert_eq!(
+            close_ranges([1].into_iter(), 10..12),
+            vec![(0, 0), (2, 9), (12, u32::MAX)]
         );
     }
 }

@@ -4,9 +4,9 @@
 
 use crate::error::{Error, Result};
 use crate::objects::{files, fs_context, memory, mm_fields, rlimits, signals, thread, timers};
-use crate::restore::child::{FdInstall, Session};
-use crate::restore::load::Checkpoint;
-use rcr_images::pb::{self, VmaKind};
+use crate::restore::child::FdInstall;
+use crate::restore::load::{Checkpoint, ProcessImages};
+use rcr_images::pb::VmaKind;
 use rcr_parasite::restore_abi::{
     PageRunEntry, PendingSignal, RestoreArgs, RseqConf, ThreadArgs, VdsoPart, VmaEntry,
     RESTORE_ABI_VERSION,
@@ -14,16 +14,12 @@ use rcr_parasite::restore_abi::{
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// A restore, ready to create its task.
-pub struct Prepared {
-    pub session: Session,
+/// One live process, ready to be created.
+pub struct PreparedProcess {
     pub umask: u32,
-    /// The restorer's own descriptors, at `fd_base..fd_base + len`: pages
+    /// Its restorer's descriptors, `restorer_fds.start..end`: the pages
     /// file first, then mapped files and the exe.
-    pub restorer_fds: Vec<OwnedFd>,
-    pub fd_base: i32,
-    /// Descriptors that become the task's, and the cwd handle, above those.
-    pub sources: Vec<OwnedFd>,
+    pub restorer_fds: std::ops::Range<i32>,
     pub installs: Vec<FdInstall>,
     pub cwd_fd: i32,
     pub args: RestoreArgs,
@@ -34,20 +30,123 @@ pub struct Prepared {
     /// Each thread's arguments, leader first, with `pending`/`nr_pending`
     /// holding the index of its signals in `pending` and their count.
     pub threads: Vec<ThreadArgs>,
+}
+
+/// A restore, ready to create its tree. rcr holds every descriptor any
+/// process needs, numbered above all the processes' own: each process's
+/// restorer block, then the sources of the task descriptors (one per open
+/// file, shared by every process that shares it) and cwd handles.
+pub struct Prepared {
+    /// Per process in tree order; `None` for zombies.
+    pub processes: Vec<Option<PreparedProcess>>,
+    /// The highest descriptor number rcr holds for the restore.
+    pub fd_top: i32,
+    /// Keeps every descriptor open until the tree exists.
+    _held: Vec<OwnedFd>,
     pub warnings: Vec<String>,
 }
 
 /// Opens and checks everything the checkpoint needs on this host.
 pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
-    let pid = c.process.pid;
     let mut warnings = Vec::new();
     raise_nofile();
+    let max_target = c
+        .processes
+        .iter()
+        .filter_map(|p| p.images.as_ref())
+        .flat_map(|i| i.fs.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(-1);
+    let fd_base = (max_target + 1).max(highest_open_fd() + 1);
+    let mut held: Vec<OwnedFd> = Vec::new();
+    let mut next_fd = fd_base;
 
-    // Descriptors the restorer maps or reads from.
-    let pages = std::fs::File::open(&c.pages_path).map_err(|e| Error::io(&c.pages_path, e))?;
-    let mut restorer_fds: Vec<OwnedFd> = vec![pages.into()];
+    // Each process's restorer block, at exact numbers.
+    let mut blocks = Vec::new();
+    for p in &c.processes {
+        let Some(images) = &p.images else {
+            blocks.push(None);
+            continue;
+        };
+        let (fds, mapped, exe_index) = open_restorer_fds(c, images)?;
+        let start = next_fd;
+        let fds = renumber(fds, start, true)?;
+        next_fd += fds.len() as i32;
+        held.extend(fds);
+        blocks.push(Some((start..next_fd, mapped, exe_index)));
+    }
+
+    // Sources of the task descriptors: one per file id across the tree.
+    let mut source_of: BTreeMap<u32, i32> = BTreeMap::new();
+    let mut cwd_of = Vec::new();
+    for p in &c.processes {
+        let Some(images) = &p.images else {
+            cwd_of.push(-1);
+            continue;
+        };
+        for fd in &images.fs.fds {
+            if source_of.contains_key(&fd.file_id) {
+                continue;
+            }
+            let reg = files::reg_by_id(&c.files, fd.file_id).expect("checked at load");
+            let placed = renumber(vec![files::open_saved(reg)?], next_fd, false)?;
+            source_of.insert(fd.file_id, placed[0].as_raw_fd());
+            next_fd = placed[0].as_raw_fd() + 1;
+            held.extend(placed);
+        }
+        let placed = renumber(vec![fs_context::open_cwd(&images.fs.cwd)?], next_fd, false)?;
+        cwd_of.push(placed[0].as_raw_fd());
+        next_fd = placed[0].as_raw_fd() + 1;
+        held.extend(placed);
+    }
+
+    let mut processes = Vec::with_capacity(c.processes.len());
+    for ((p, block), cwd_fd) in c.processes.iter().zip(blocks).zip(cwd_of) {
+        let (Some(images), Some((range, mapped, exe_index))) = (&p.images, block) else {
+            processes.push(None);
+            continue;
+        };
+        let installs = images
+            .fs
+            .fds
+            .iter()
+            .map(|f| FdInstall {
+                src: source_of[&f.file_id],
+                target: f.fd,
+                cloexec: f.cloexec,
+            })
+            .collect();
+        processes.push(Some(prepare_process(
+            p.entry.pid,
+            images,
+            range,
+            &mapped,
+            exe_index,
+            installs,
+            cwd_fd,
+            &mut warnings,
+        )?));
+    }
+    Ok(Prepared {
+        processes,
+        fd_top: next_fd - 1,
+        _held: held,
+        warnings,
+    })
+}
+
+/// Opens the pages file, the files the process maps (checking private
+/// mappings' files are unchanged) and its exe. Returns them with each mapped
+/// file id's index and the exe's index among them.
+fn open_restorer_fds(
+    c: &Checkpoint,
+    images: &ProcessImages,
+) -> Result<(Vec<OwnedFd>, BTreeMap<u32, usize>, Option<usize>)> {
+    let pages =
+        std::fs::File::open(&images.pages_path).map_err(|e| Error::io(&images.pages_path, e))?;
+    let mut fds: Vec<OwnedFd> = vec![pages.into()];
     let mut mapped: BTreeMap<u32, usize> = BTreeMap::new();
-    for v in &c.mm.vmas {
+    for v in &images.mm.vmas {
         let kind = v.kind();
         if !matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared)
             || mapped.contains_key(&v.file_id)
@@ -59,55 +158,38 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         if kind == VmaKind::FilePrivate {
             files::check_unchanged(reg, &fd)?;
         }
-        mapped.insert(v.file_id, restorer_fds.len());
-        restorer_fds.push(fd);
+        mapped.insert(v.file_id, fds.len());
+        fds.push(fd);
     }
     // The new task starts as a copy of rcr, so its exe link already names
     // the right file when the program is rcr's own binary; the kernel would
     // refuse to set it again while that file is mapped (EBUSY).
-    let exe_index = match files::reg_by_id(&c.files, c.mm.exe_file_id) {
+    let exe_index = match files::reg_by_id(&c.files, images.mm.exe_file_id) {
         Some(reg) if !files::is_own_exe(reg) => {
             let mut exe = reg.clone();
             exe.flags = libc::O_RDONLY as u32;
             exe.pos = 0;
-            restorer_fds.push(files::open_saved(&exe)?);
-            Some(restorer_fds.len() - 1)
+            fds.push(files::open_saved(&exe)?);
+            Some(fds.len() - 1)
         }
         _ => None,
     };
+    Ok((fds, mapped, exe_index))
+}
 
-    // Descriptors that become the task's.
-    let mut by_file: BTreeMap<u32, usize> = BTreeMap::new();
-    let mut sources: Vec<OwnedFd> = Vec::new();
-    for fd in &c.fs.fds {
-        if by_file.contains_key(&fd.file_id) {
-            continue;
-        }
-        let reg = files::reg_by_id(&c.files, fd.file_id).expect("checked at load");
-        by_file.insert(fd.file_id, sources.len());
-        sources.push(files::open_saved(reg)?);
-    }
-    sources.push(fs_context::open_cwd(&c.fs.cwd)?);
-
-    // Number them above every descriptor rcr or the task uses.
-    let max_target = c.fs.fds.iter().map(|f| f.fd).max().unwrap_or(-1);
-    let fd_base = (max_target + 1).max(highest_open_fd() + 1);
-    let restorer_fds = renumber(restorer_fds, fd_base, true)?;
-    let sources = renumber(sources, fd_base + restorer_fds.len() as i32, false)?;
-    let installs =
-        c.fs.fds
-            .iter()
-            .map(|f| FdInstall {
-                src: sources[by_file[&f.file_id]].as_raw_fd(),
-                target: f.fd,
-                cloexec: f.cloexec,
-            })
-            .collect();
-    let cwd_fd = sources.last().expect("cwd is always there").as_raw_fd();
-
-    let vmas = memory::restore_entries(&c.mm.vmas, &c.pagemap.runs, |id| {
-        fd_base + mapped[&id] as i32
-    });
+#[allow(clippy::too_many_arguments)]
+fn prepare_process(
+    pid: i32,
+    c: &ProcessImages,
+    block: std::ops::Range<i32>,
+    mapped: &BTreeMap<u32, usize>,
+    exe_index: Option<usize>,
+    installs: Vec<FdInstall>,
+    cwd_fd: i32,
+    warnings: &mut Vec<String>,
+) -> Result<PreparedProcess> {
+    let base = block.start;
+    let vmas = memory::restore_entries(&c.mm.vmas, &c.pagemap.runs, |id| base + mapped[&id] as i32);
     let runs = memory::restore_runs(&c.pagemap.runs);
     let mut pending = signals::restore_pending(&c.core.shared_pending);
     let nr_shared = pending.len() as u64;
@@ -124,17 +206,17 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
             args
         })
         .collect();
-    let exe_fd = exe_index.map_or(-1, |i| fd_base + i as i32);
+    let exe_fd = exe_index.map_or(-1, |i| base + i as i32);
     let (mm, auxv) = mm_fields::restore_mm_fields(pid, &c.mm, exe_fd)?;
     let (sigaction_set, sigactions) = signals::restore_sigactions(&c.core.sigactions);
-    let limits = rlimits::restore_rlimits(&c.core.rlimits, &mut warnings)?;
+    let limits = rlimits::restore_rlimits(&c.core.rlimits, warnings)?;
     let mut rlimit_slots = [Default::default(); 16];
     rlimit_slots[..limits.len()].copy_from_slice(&limits);
     let args = RestoreArgs {
         abi_version: RESTORE_ABI_VERSION,
-        pages_fd: fd_base,
-        close_from: fd_base,
-        close_to: fd_base + restorer_fds.len() as i32 - 1,
+        pages_fd: base,
+        close_from: base,
+        close_to: block.end - 1,
         hole_start: 0,
         hole_end: 0,
         vmas: 0,
@@ -157,12 +239,9 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         threads: 0,
         nr_threads: 0,
     };
-    Ok(Prepared {
-        session: session_of(&c.process),
+    Ok(PreparedProcess {
         umask: c.core.umask,
-        restorer_fds,
-        fd_base,
-        sources,
+        restorer_fds: block,
         installs,
         cwd_fd,
         args,
@@ -170,18 +249,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         runs,
         pending,
         threads,
-        warnings,
     })
-}
-
-fn session_of(p: &pb::ProcessEntry) -> Session {
-    if p.sid == p.pid {
-        Session::Setsid
-    } else if p.pgid == p.pid {
-        Session::Setpgid
-    } else {
-        Session::Inherit
-    }
 }
 
 /// Restores may need many descriptors at once; use the whole soft limit rcr may.
