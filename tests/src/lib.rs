@@ -5,6 +5,7 @@
 //!   signal, verdict file).
 //! - [`pattern`]: deterministic data so a workload can tell a wrong byte.
 //! - [`regloop`]: an asm loop that holds known values in registers.
+//! - [`sigs`]: signal sets, masks, pending sets and alt stacks.
 //! - [`maps`]: `/proc/self/maps` lookups for workloads that check mappings.
 //! - [`harness`]: the test side: temp dirs, spawning, running `rcr`, waiting.
 
@@ -12,4 +13,5 @@ pub mod harness;
 pub mod maps;
 pub mod pattern;
 pub mod regloop;
+pub mod sigs;
 pub mod workload;

@@ -136,6 +136,11 @@ impl Verdict {
     pub fn is_ok(&self) -> bool {
         self.diffs.is_empty()
     }
+
+    /// The differences, for a verdict built in pieces (one per thread).
+    pub fn into_diffs(self) -> Vec<String> {
+        self.diffs
+    }
 }
 
 /// Writes `content` to `path` through a temp file and a rename, so a reader
