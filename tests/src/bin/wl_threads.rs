@@ -260,15 +260,15 @@ fn thread_main(
             v.fail(format!("{who}: {d}"));
         }
     }
-    if let Wait::Syscall { nr, .. } = p.wait {
-        // Two passes: the one the stop woke and the one after it. The last
-        // futex wait sees STOP set (EAGAIN); each read gets one byte. A
-        // restart done wrong shows as an extra pass or an EINTR.
-        let last = if nr == libc::SYS_read {
-            1
-        } else {
-            -i64::from(libc::EAGAIN)
-        };
+    // Two passes: the one the stop woke and the one after it. The last
+    // futex wait sees STOP set (EAGAIN); each read gets one byte. A restart
+    // done wrong shows as an extra pass or an EINTR.
+    let last = match role(i) {
+        Role::Spin => None,
+        Role::Futex => Some(-i64::from(libc::EAGAIN)),
+        Role::PipeRead => Some(1),
+    };
+    if let Some(last) = last {
         v.eq(&format!("{who}: syscalls made"), seen.syscalls, 2);
         v.eq(
             &format!("{who}: last syscall result"),
