@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use crate::workload::DESCENDANTS;
+
 /// How long a workload may take to build its state and say "ready".
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long one `rcr` command may run before it is killed.
@@ -165,11 +167,57 @@ pub fn send_signal(pid: i32, sig: i32) -> bool {
     unsafe { libc::kill(pid, sig) == 0 }
 }
 
-/// The state letter of /proc/<pid>/stat (`R`, `S`, `Z`, ...), None if gone.
-pub fn proc_state(pid: i32) -> Option<char> {
+/// The fields of /proc/<pid>/stat after the command name (state first),
+/// None if gone.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.trim_start().chars().next()
+    Some(after_comm.split_whitespace().map(String::from).collect())
+}
+
+/// The state letter of /proc/<pid>/stat (`R`, `S`, `Z`, ...), None if gone.
+pub fn proc_state(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+/// The parent pid of a process (a zombie's too), None if gone.
+fn parent_of(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// Whether `pid` (live or zombie) descends from the test process. The test
+/// process is a subreaper, so every process a workload started stays its
+/// descendant until reaped, whoever of its ancestors died.
+fn descends_from_us(pid: i32) -> bool {
+    let me = std::process::id() as i32;
+    let mut p = pid;
+    // Bounded: a chain deeper than this is no workload's.
+    for _ in 0..64 {
+        match parent_of(p) {
+            Some(parent) if parent == me => return true,
+            Some(parent) if parent > 1 => p = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Waits until `pid` no longer exists, reaping it when it is (or becomes,
+/// once its parent died) our child; false when it still exists at
+/// `deadline`.
+fn reap_when_gone(pid: i32, deadline: Instant) -> bool {
+    loop {
+        // SAFETY: waitpid on one pid with no status wanted.
+        let rc = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        // SAFETY: signal 0 only probes for existence.
+        if rc == pid || (rc == -1 && unsafe { libc::kill(pid, 0) } != 0) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 /// Asserts no process (not even a zombie) has `pid`; kills and reaps one
@@ -323,10 +371,13 @@ pub struct Verdict {
 }
 
 /// A workload process, known by pid. While `armed`, a process with that pid
-/// is ours: dropping the guard SIGKILLs and reaps it (and only it).
+/// is ours: dropping the guard SIGKILLs and reaps it (and only it), and the
+/// descendants it named that still descend from us and carry its name.
 pub struct Workload {
     pub pid: i32,
     pub name: String,
+    /// The other processes of the workload, from its ready file.
+    pub descendants: Vec<i32>,
     pub ready: PathBuf,
     pub result: PathBuf,
     pub log: PathBuf,
@@ -376,6 +427,7 @@ impl Workload {
         Workload {
             pid,
             name,
+            descendants: Vec::new(),
             ready,
             result,
             log,
@@ -397,7 +449,11 @@ impl Workload {
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if fs::read_to_string(&self.ready).is_ok_and(|s| s.starts_with("ready")) {
+            if let Some(text) = fs::read_to_string(&self.ready)
+                .ok()
+                .filter(|s| s.starts_with("ready"))
+            {
+                self.descendants = parse_descendants(&text);
                 return;
             }
             if let Some(exit) = wait_pid(self.pid, Duration::ZERO) {
@@ -513,6 +569,20 @@ impl Workload {
             self.log_text()
         );
         assert_no_process(self.pid, "after dump");
+        // They were killed too; they are, or soon become, our zombies.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for &pid in &self.descendants {
+            reap_when_gone(pid, deadline);
+            assert_no_process(pid, "after dump (a descendant)");
+        }
+    }
+
+    /// Whether `pid`, one of the descendants the workload named, is still
+    /// one of its processes: our descendant with the workload's name.
+    fn owns(&self, pid: i32) -> bool {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let name: String = self.name.chars().take(15).collect();
+        comm.trim_end() == name && descends_from_us(pid)
     }
 
     /// Marks the pid as ours again (after a restore recreated it).
@@ -523,11 +593,39 @@ impl Workload {
 
 impl Drop for Workload {
     fn drop(&mut self) {
+        let ours: Vec<i32> = self
+            .descendants
+            .iter()
+            .copied()
+            .filter(|&p| self.owns(p))
+            .collect();
         if self.armed {
             send_signal(self.pid, libc::SIGKILL);
+        }
+        for &pid in &ours {
+            send_signal(pid, libc::SIGKILL);
+        }
+        if self.armed {
             let _ = wait_pid(self.pid, Duration::from_secs(10));
         }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for pid in ours {
+            reap_when_gone(pid, deadline);
+        }
     }
+}
+
+/// The pids on the `descendants` line of a ready file.
+fn parse_descendants(ready: &str) -> Vec<i32> {
+    ready
+        .lines()
+        .find_map(|l| l.strip_prefix(DESCENDANTS))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `rcr dump --tree <pid> -D <img> [extra]`, asserting success; without
@@ -561,6 +659,9 @@ pub fn dump(dir: &TestDir, w: &mut Workload, img: &Path, extra: &[&str]) {
 #[track_caller]
 pub fn restore(dir: &TestDir, w: &mut Workload, img: &Path) {
     assert_no_process(w.pid, "before restore");
+    for &pid in &w.descendants {
+        assert_no_process(pid, "before restore (a descendant)");
+    }
     let run = run_rcr(dir, &["restore".as_ref(), "-D".as_ref(), img.as_os_str()]);
     // From here a process with this pid may be ours again.
     w.rearm();

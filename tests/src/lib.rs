@@ -4,10 +4,14 @@
 //! - [`workload`]: the protocol every workload follows (ready file, wake
 //!   signal, verdict file).
 //! - [`pattern`]: deterministic data so a workload can tell a wrong byte.
+//! - [`regloop`]: an asm loop that holds known values in registers.
+//! - [`sigs`]: signal sets, masks, pending sets and alt stacks.
 //! - [`maps`]: `/proc/self/maps` lookups for workloads that check mappings.
 //! - [`harness`]: the test side: temp dirs, spawning, running `rcr`, waiting.
 
 pub mod harness;
 pub mod maps;
 pub mod pattern;
+pub mod regloop;
+pub mod sigs;
 pub mod workload;

@@ -5,6 +5,10 @@
 //! or spinning — both must survive a checkpoint), check every bit of the
 //! state, write the verdict and exit 0 (OK) or 1 (FAIL).
 //!
+//! A workload that starts other processes names them on a second line of
+//! the ready file, `descendants <pid> <pid> ...`, so the harness can reap
+//! and, on failure, kill them.
+//!
 //! The verdict file has two lines: `OK` or `FAIL: <what differs>`, then
 //! `pid <getpid() after the check>`, which the harness compares with the pid
 //! it started.
@@ -18,6 +22,9 @@ use std::time::Duration;
 
 /// The signal that ends the wait; workloads keep it for this use only.
 pub const WAKE_SIGNAL: libc::c_int = libc::SIGUSR1;
+
+/// Key of the ready file's line that lists a workload's other processes.
+pub const DESCENDANTS: &str = "descendants";
 
 static WOKEN: AtomicBool = AtomicBool::new(false);
 
@@ -68,7 +75,18 @@ impl Args {
 
     /// Tells the harness the state is built.
     pub fn signal_ready(&self) {
-        if let Err(e) = write_atomic(&self.ready, "ready\n") {
+        self.signal_ready_with_descendants(&[]);
+    }
+
+    /// Tells the harness the state is built and which processes, besides
+    /// itself, belong to the workload.
+    pub fn signal_ready_with_descendants(&self, pids: &[i32]) {
+        let mut text = "ready\n".to_string();
+        if !pids.is_empty() {
+            let list: Vec<String> = pids.iter().map(i32::to_string).collect();
+            text.push_str(&format!("{DESCENDANTS} {}\n", list.join(" ")));
+        }
+        if let Err(e) = write_atomic(&self.ready, &text) {
             self.fail_early(&format!("writing ready file: {e}"));
         }
     }
@@ -135,6 +153,11 @@ impl Verdict {
 
     pub fn is_ok(&self) -> bool {
         self.diffs.is_empty()
+    }
+
+    /// The differences, for a verdict built in pieces (one per thread).
+    pub fn into_diffs(self) -> Vec<String> {
+        self.diffs
     }
 }
 

@@ -9,6 +9,9 @@
 //! - itimers real/virtual/prof armed with long intervals: still armed with
 //!   the same intervals and plausible remaining values, never fired.
 
+use rcr_tests::sigs::{
+    altstack, bits, blocked, change_mask, install_altstack, mask_of, pending, rt, sigset,
+};
 use rcr_tests::workload::{self, getpid, last_err, Args, Verdict};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
@@ -70,34 +73,6 @@ extern "C" fn on_timer(_sig: i32) {
     TIMER_FIRES.fetch_add(1, Ordering::SeqCst);
 }
 
-fn rt(n: i32) -> i32 {
-    libc::SIGRTMIN() + n
-}
-
-fn sigset(signals: &[i32]) -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and edit a set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for &s in signals {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
-/// A signal set as a bitmask (bit s-1 for signal s).
-fn bits(set: &libc::sigset_t) -> u64 {
-    // SAFETY: sigismember only reads the set.
-    (1..=64)
-        .filter(|&s| unsafe { libc::sigismember(set, s) } == 1)
-        .fold(0, |m, s| m | 1 << (s - 1))
-}
-
-fn mask_of(signals: &[i32]) -> u64 {
-    bits(&sigset(signals))
-}
-
 enum Handler {
     Info(extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void)),
     Plain(extern "C" fn(i32)),
@@ -147,38 +122,6 @@ fn actions() -> Vec<ActionSnap> {
         .collect()
 }
 
-fn blocked() -> u64 {
-    // SAFETY: query-only sigprocmask into a set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigprocmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
-        bits(&set)
-    }
-}
-
-fn pending() -> u64 {
-    // SAFETY: sigpending writes the set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigpending(&mut set);
-        bits(&set)
-    }
-}
-
-fn change_mask(how: i32, signals: &[i32]) {
-    // SAFETY: sigprocmask with a valid set; the old mask is not wanted.
-    unsafe { libc::sigprocmask(how, &sigset(signals), std::ptr::null_mut()) };
-}
-
-fn altstack() -> (usize, usize, i32) {
-    // SAFETY: query-only sigaltstack into a struct we own.
-    unsafe {
-        let mut ss: libc::stack_t = std::mem::zeroed();
-        libc::sigaltstack(std::ptr::null(), &mut ss);
-        (ss.ss_sp as usize, ss.ss_size, ss.ss_flags)
-    }
-}
-
 fn queue(sig: i32, value: usize) -> Result<(), String> {
     // SAFETY: sigqueue to ourselves with a plain integer value.
     let rc = unsafe {
@@ -216,16 +159,7 @@ fn micros(tv: libc::timeval) -> i64 {
 
 /// Sets up everything; returns the alt stack's base.
 fn build() -> Result<usize, String> {
-    let stack: &'static mut [u8] = Box::leak(vec![0u8; ALTSTACK_SIZE].into_boxed_slice());
-    let ss = libc::stack_t {
-        ss_sp: stack.as_mut_ptr().cast(),
-        ss_flags: 0,
-        ss_size: ALTSTACK_SIZE,
-    };
-    // SAFETY: the stack is leaked, so it lives as long as the process.
-    if unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) } != 0 {
-        return Err(format!("sigaltstack: {}", last_err()));
-    }
+    let stack_base = install_altstack(ALTSTACK_SIZE)?;
     use libc::{SA_NODEFER, SA_ONSTACK, SA_RESTART, SA_SIGINFO};
     set_action(
         libc::SIGUSR2,
@@ -258,7 +192,7 @@ fn build() -> Result<usize, String> {
         set_action(sig, Handler::Plain(on_timer), SA_RESTART, &[])?;
     }
 
-    change_mask(libc::SIG_BLOCK, &[rt(5), libc::SIGWINCH, libc::SIGTTIN]);
+    change_mask(libc::SIG_BLOCK, &[rt(5), libc::SIGWINCH, libc::SIGTTIN])?;
     queue(rt(5), VALUE_1)?;
     queue(rt(5), VALUE_2)?;
     kill_self(libc::SIGWINCH);
@@ -279,7 +213,7 @@ fn build() -> Result<usize, String> {
             return Err(format!("setitimer({which}): {}", last_err()));
         }
     }
-    Ok(stack.as_ptr() as usize)
+    Ok(stack_base)
 }
 
 /// An expected delivery: (signal, Some((si_value, si_code, si_pid)) for
@@ -365,8 +299,11 @@ fn check(before: &Snapshot, stack_base: usize) -> Verdict {
         v.fail(e);
     }
     kill_self(libc::SIGHUP);
-    change_mask(libc::SIG_UNBLOCK, &[rt(5)]);
-    change_mask(libc::SIG_UNBLOCK, &[libc::SIGWINCH]);
+    for sig in [rt(5), libc::SIGWINCH] {
+        if let Err(e) = change_mask(libc::SIG_UNBLOCK, &[sig]) {
+            v.fail(e);
+        }
+    }
 
     let pid = getpid();
     let on_alt = |sp: usize| sp >= stack_base && sp < stack_base + ALTSTACK_SIZE;
