@@ -100,6 +100,11 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
         pgoff: m.offset,
         name: map_name_text(&m.name),
         vm_flags: codes.trim().to_string(),
+        shmem_id: if kind == VmaKind::AnonShared {
+            m.inode
+        } else {
+            0
+        },
     })
 }
 
@@ -167,12 +172,12 @@ pub fn dump_runs(scanner: &mut PageScanner, vmas: &[pb::Vma]) -> Result<Vec<Dump
     Ok(runs)
 }
 
-/// Restore side: the restorer's VMA list. `file_fd` gives the descriptor the
-/// restorer maps each file id from.
+/// Restore side: the restorer's VMA list. `fd_of` gives the descriptor the
+/// restorer maps a VMA from (a file, or a shared memory object), or -1.
 pub fn restore_entries(
     vmas: &[pb::Vma],
     runs: &[pb::PageRun],
-    mut file_fd: impl FnMut(u32) -> i32,
+    mut fd_of: impl FnMut(&pb::Vma) -> i32,
 ) -> Vec<VmaEntry> {
     let mut out = Vec::with_capacity(vmas.len());
     let mut run_iter = runs.iter().peekable();
@@ -189,9 +194,12 @@ pub fn restore_entries(
             run_iter.next();
         }
         let has_pages = run_iter.peek().is_some_and(|r| r.vaddr < vma.end);
-        let fd = match kind {
-            VmaKind::FilePrivate | VmaKind::FileShared => file_fd(vma.file_id),
-            _ => -1,
+        let fd = fd_of(vma);
+        // Shared anonymous memory comes back from its object, as a file.
+        let flags = if fd >= 0 {
+            vma.flags & !MAP_ANONYMOUS
+        } else {
+            vma.flags
         };
         let advice = ADVICE_FLAGS
             .iter()
@@ -203,7 +211,7 @@ pub fn restore_entries(
             pgoff: vma.pgoff,
             madv: advice,
             prot: vma.prot,
-            flags: vma.flags,
+            flags,
             fd,
             has_pages: has_pages as u32,
         });
@@ -332,16 +340,26 @@ mod tests {
         let mut file = vma(0x10000, 0x12000, VmaKind::FilePrivate);
         file.file_id = 7;
         file.vm_flags = "rd mr mw me dd".into();
+        let mut shared = vma(0x20000, 0x22000, VmaKind::AnonShared);
+        shared.flags = MAP_SHARED | MAP_ANONYMOUS;
+        shared.shmem_id = 99;
         let vmas = [
             vma(0x1000, 0x3000, VmaKind::AnonPrivate),
             vma(0x3000, 0x4000, VmaKind::AnonPrivate),
             vma(0x5000, 0x7000, VmaKind::Vdso),
             file,
+            shared,
         ];
-        let entries = restore_entries(&vmas, &[run(0x2000, 1), run(0x11000, 1)], |id| {
-            id as i32 + 100
+        let entries = restore_entries(&vmas, &[run(0x2000, 1), run(0x11000, 1)], |v| {
+            match v.kind() {
+                VmaKind::FilePrivate => v.file_id as i32 + 100,
+                VmaKind::AnonShared => v.shmem_id as i32,
+                _ => -1,
+            }
         });
-        assert_eq!(entries.len(), 3);
+        assert_eq!(entries.len(), 4);
+        assert_eq!(entries[3].fd, 99);
+        assert_eq!(entries[3].flags, MAP_SHARED, "mapped from its object");
         assert_eq!(entries[0].has_pages, 1);
         assert_eq!(entries[1].has_pages, 0);
         assert_eq!(entries[2].fd, 107);

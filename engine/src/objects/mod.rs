@@ -6,6 +6,7 @@ pub mod memory;
 pub mod mm_fields;
 pub mod pstree;
 pub mod rlimits;
+pub mod shmem;
 pub mod signals;
 pub mod thread;
 pub mod timers;

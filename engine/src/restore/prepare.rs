@@ -3,10 +3,12 @@
 //! arguments filled in. Nothing here creates a process.
 
 use crate::error::{Error, Result};
-use crate::objects::{files, fs_context, memory, mm_fields, rlimits, signals, thread, timers};
+use crate::objects::{
+    files, fs_context, memory, mm_fields, rlimits, shmem, signals, thread, timers,
+};
 use crate::restore::child::FdInstall;
 use crate::restore::load::{Checkpoint, ProcessImages};
-use rcr_images::pb::VmaKind;
+use rcr_images::pb::{self, VmaKind};
 use rcr_parasite::restore_abi::{
     PageRunEntry, PendingSignal, RestoreArgs, RseqConf, ThreadArgs, VdsoPart, VmaEntry,
     RESTORE_ABI_VERSION,
@@ -60,6 +62,15 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
     let fd_base = (max_target + 1).max(highest_open_fd() + 1);
     let mut held: Vec<OwnedFd> = Vec::new();
     let mut next_fd = fd_base;
+    let shmem_objects = shmem::sizes(
+        c.processes
+            .iter()
+            .filter_map(|p| p.images.as_ref())
+            .flat_map(|i| i.mm.vmas.iter()),
+    )
+    .into_iter()
+    .map(|(id, size)| Ok((id, shmem::create(size)?)))
+    .collect::<Result<BTreeMap<u64, OwnedFd>>>()?;
 
     // Each process's restorer block, at exact numbers.
     let mut blocks = Vec::new();
@@ -68,12 +79,12 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
             blocks.push(None);
             continue;
         };
-        let (fds, mapped, exe_index) = open_restorer_fds(c, images)?;
+        let mut block = open_restorer_fds(c, images, &shmem_objects)?;
         let start = next_fd;
-        let fds = renumber(fds, start, true)?;
+        let fds = renumber(std::mem::take(&mut block.fds), start, true)?;
         next_fd += fds.len() as i32;
         held.extend(fds);
-        blocks.push(Some((start..next_fd, mapped, exe_index)));
+        blocks.push(Some((start..next_fd, block)));
     }
 
     // Sources of the task descriptors: one per file id across the tree.
@@ -102,7 +113,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
 
     let mut processes = Vec::with_capacity(c.processes.len());
     for ((p, block), cwd_fd) in c.processes.iter().zip(blocks).zip(cwd_of) {
-        let (Some(images), Some((range, mapped, exe_index))) = (&p.images, block) else {
+        let (Some(images), Some((range, block))) = (&p.images, block) else {
             processes.push(None);
             continue;
         };
@@ -120,8 +131,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
             p.entry.pid,
             images,
             range,
-            &mapped,
-            exe_index,
+            &block,
             installs,
             cwd_fd,
             &mut warnings,
@@ -135,21 +145,60 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
     })
 }
 
+/// A process's restorer descriptors, in order, and where each VMA's is.
+#[derive(Default)]
+struct RestorerFds {
+    fds: Vec<OwnedFd>,
+    /// Index in `fds` of each mapped file id.
+    mapped: BTreeMap<u32, usize>,
+    /// Index in `fds` of each shared memory object, by inode.
+    shared: BTreeMap<u64, usize>,
+    exe_index: Option<usize>,
+}
+
+impl RestorerFds {
+    /// The descriptor the restorer maps `v` from, when its block starts at `base`.
+    fn fd_of(&self, base: i32, v: &pb::Vma) -> i32 {
+        let index = match v.kind() {
+            VmaKind::FilePrivate | VmaKind::FileShared => self.mapped.get(&v.file_id),
+            VmaKind::AnonShared => self.shared.get(&v.shmem_id),
+            _ => None,
+        };
+        index.map_or(-1, |&i| base + i as i32)
+    }
+}
+
 /// Opens the pages file, the files the process maps (checking private
-/// mappings' files are unchanged) and its exe. Returns them with each mapped
-/// file id's index and the exe's index among them.
+/// mappings' files are unchanged), the shared memory objects it maps and
+/// its exe.
 fn open_restorer_fds(
     c: &Checkpoint,
     images: &ProcessImages,
-) -> Result<(Vec<OwnedFd>, BTreeMap<u32, usize>, Option<usize>)> {
+    shmem_objects: &BTreeMap<u64, OwnedFd>,
+) -> Result<RestorerFds> {
     let pages =
         std::fs::File::open(&images.pages_path).map_err(|e| Error::io(&images.pages_path, e))?;
-    let mut fds: Vec<OwnedFd> = vec![pages.into()];
-    let mut mapped: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut r = RestorerFds {
+        fds: vec![pages.into()],
+        ..Default::default()
+    };
     for v in &images.mm.vmas {
         let kind = v.kind();
+        if kind == VmaKind::AnonShared {
+            if let (Some(object), false) = (
+                shmem_objects.get(&v.shmem_id),
+                r.shared.contains_key(&v.shmem_id),
+            ) {
+                let fd = object
+                    .try_clone()
+                    .map_err(|e| Error::io("shared anonymous memory", e))?;
+                r.shared.insert(v.shmem_id, r.fds.len());
+                r.fds.push(fd);
+            }
+            continue;
+        }
         if !matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared)
-            || mapped.contains_key(&v.file_id)
+            || r.mapped.contains_key(&v.file_id)
         {
             continue;
         }
@@ -158,23 +207,22 @@ fn open_restorer_fds(
         if kind == VmaKind::FilePrivate {
             files::check_unchanged(reg, &fd)?;
         }
-        mapped.insert(v.file_id, fds.len());
-        fds.push(fd);
+        r.mapped.insert(v.file_id, r.fds.len());
+        r.fds.push(fd);
     }
     // The new task starts as a copy of rcr, so its exe link already names
     // the right file when the program is rcr's own binary; the kernel would
     // refuse to set it again while that file is mapped (EBUSY).
-    let exe_index = match files::reg_by_id(&c.files, images.mm.exe_file_id) {
-        Some(reg) if !files::is_own_exe(reg) => {
+    if let Some(reg) = files::reg_by_id(&c.files, images.mm.exe_file_id) {
+        if !files::is_own_exe(reg) {
             let mut exe = reg.clone();
             exe.flags = libc::O_RDONLY as u32;
             exe.pos = 0;
-            fds.push(files::open_saved(&exe)?);
-            Some(fds.len() - 1)
+            r.fds.push(files::open_saved(&exe)?);
+            r.exe_index = Some(r.fds.len() - 1);
         }
-        _ => None,
-    };
-    Ok((fds, mapped, exe_index))
+    }
+    Ok(r)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -182,14 +230,13 @@ fn prepare_process(
     pid: i32,
     c: &ProcessImages,
     block: std::ops::Range<i32>,
-    mapped: &BTreeMap<u32, usize>,
-    exe_index: Option<usize>,
+    fds: &RestorerFds,
     installs: Vec<FdInstall>,
     cwd_fd: i32,
     warnings: &mut Vec<String>,
 ) -> Result<PreparedProcess> {
     let base = block.start;
-    let vmas = memory::restore_entries(&c.mm.vmas, &c.pagemap.runs, |id| base + mapped[&id] as i32);
+    let vmas = memory::restore_entries(&c.mm.vmas, &c.pagemap.runs, |v| fds.fd_of(base, v));
     let runs = memory::restore_runs(&c.pagemap.runs);
     let mut pending = signals::restore_pending(&c.core.shared_pending);
     let nr_shared = pending.len() as u64;
@@ -206,7 +253,7 @@ fn prepare_process(
             args
         })
         .collect();
-    let exe_fd = exe_index.map_or(-1, |i| base + i as i32);
+    let exe_fd = fds.exe_index.map_or(-1, |i| base + i as i32);
     let (mm, auxv) = mm_fields::restore_mm_fields(pid, &c.mm, exe_fd)?;
     let (sigaction_set, sigactions) = signals::restore_sigactions(&c.core.sigactions);
     let limits = rlimits::restore_rlimits(&c.core.rlimits, warnings)?;

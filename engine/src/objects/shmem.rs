@@ -1,0 +1,135 @@
+//! Shared anonymous memory (`MAP_SHARED | MAP_ANONYMOUS`): one kernel object
+//! (an unlinked shmem inode, shown as `/dev/zero (deleted)`) that several
+//! VMAs, in one process or several, map.
+//!
+//! The dump records the object's inode with each VMA (and the pages, as for
+//! any VMA). The restore makes one such object per inode in rcr and hands it
+//! to every process that maps it, so the memory stays shared; the pages each
+//! process saved are read into it.
+
+use crate::error::{Error, Result};
+use rcr_images::pb::{self, VmaKind};
+use std::collections::BTreeMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// Restore side: the size each object needs, by inode: the furthest byte
+/// any VMA maps of it.
+pub fn sizes<'a>(vmas: impl Iterator<Item = &'a pb::Vma>) -> BTreeMap<u64, u64> {
+    let mut out = BTreeMap::new();
+    for v in vmas.filter(|v| v.kind() == VmaKind::AnonShared && v.shmem_id != 0) {
+        let end = v.pgoff + (v.end - v.start);
+        let size = out.entry(v.shmem_id).or_insert(0);
+        *size = end.max(*size);
+    }
+    out
+}
+
+/// Restore side: a new shared anonymous object of `size` bytes, as a file
+/// descriptor that maps like the original (`/dev/zero (deleted)`).
+pub fn create(size: u64) -> Result<OwnedFd> {
+    // SAFETY: a fresh shared mapping, unmapped again below; nothing in rcr
+    // uses it but the open of its map_files entry.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(Error::io(
+            "shared anonymous memory",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let start = addr as u64;
+    let path = format!("/proc/self/map_files/{:x}-{:x}", start, start + size);
+    let c_path = std::ffi::CString::new(path.clone()).expect("no NUL in a path we formatted");
+    // SAFETY: opens the object behind our own mapping; the result is checked.
+    let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: unmaps exactly the mapping made above.
+    unsafe { libc::munmap(addr, size as usize) };
+    if fd < 0 {
+        return Err(Error::Preflight(format!(
+            "cannot reopen shared anonymous memory through {path}: {err} \
+             (this needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)"
+        )));
+    }
+    // SAFETY: a descriptor open just made for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(start: u64, end: u64, pgoff: u64, id: u64) -> pb::Vma {
+        pb::Vma {
+            start,
+            end,
+            pgoff,
+            kind: VmaKind::AnonShared as i32,
+            shmem_id: id,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sizes_cover_every_mapping_of_an_object() {
+        let vmas = [
+            shared(0x10000, 0x12000, 0, 5),
+            shared(0x12000, 0x13000, 0x2000, 5),
+            shared(0x40000, 0x41000, 0, 6),
+            pb::Vma {
+                kind: VmaKind::AnonPrivate as i32,
+                ..shared(0, 0x1000, 0, 0)
+            },
+        ];
+        let s = sizes(vmas.iter());
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[&5], 0x3000);
+        assert_eq!(s[&6], 0x1000);
+    }
+
+    #[test]
+    fn a_created_object_maps_as_shared_memory() {
+        let fd = create(0x3000).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: two shared mappings of our own object, unmapped below.
+        unsafe {
+            let len = 0x3000;
+            let a = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            );
+            let b = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            );
+            assert_ne!(a, libc::MAP_FAILED);
+            assert_ne!(b, libc::MAP_FAILED);
+            *(a as *mut u8).add(0x2001) = 0x5a;
+            assert_eq!(*(b as *const u8).add(0x2001), 0x5a);
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            let line = maps
+                .lines()
+                .find(|l| l.starts_with(&format!("{:x}-", b as u64)))
+                .unwrap();
+            assert!(line.contains("/dev/zero (deleted)"), "{line}");
+            libc::munmap(a, len);
+            libc::munmap(b, len);
+        }
+    }
+}
