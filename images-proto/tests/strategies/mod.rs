@@ -170,19 +170,22 @@ fn vma() -> impl Strategy<Value = pb::Vma> {
         (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()),
         // Values past the enum's end too: an image from a newer rcr may hold them.
         (0i32..12, any::<u32>(), any::<u64>()),
-        (".{0,40}", "[a-z ]{0,30}"),
+        (".{0,40}", "[a-z ]{0,30}", any::<u64>()),
     )
         .prop_map(
-            |((start, end, prot, flags), (kind, file_id, pgoff), (name, vm_flags))| pb::Vma {
-                start,
-                end,
-                prot,
-                flags,
-                kind,
-                file_id,
-                pgoff,
-                name,
-                vm_flags,
+            |((start, end, prot, flags), (kind, file_id, pgoff), (name, vm_flags, shmem_id))| {
+                pb::Vma {
+                    start,
+                    end,
+                    prot,
+                    flags,
+                    kind,
+                    file_id,
+                    pgoff,
+                    name,
+                    vm_flags,
+                    shmem_id,
+                }
             },
         )
 }
@@ -270,15 +273,18 @@ pub fn fs_state() -> impl Strategy<Value = pb::FsState> {
 }
 
 pub fn process_tree() -> impl Strategy<Value = pb::ProcessTree> {
-    let entry = (vec(any::<i32>(), 4), vec(any::<i32>(), 0..5)).prop_map(|(ids, threads)| {
-        pb::ProcessEntry {
+    let entry = (vec(any::<i32>(), 6), vec(any::<i32>(), 0..5), any::<bool>()).prop_map(
+        |(ids, threads, zombie)| pb::ProcessEntry {
             pid: ids[0],
             ppid: ids[1],
             pgid: ids[2],
             sid: ids[3],
             threads,
-        }
-    });
+            zombie,
+            exit_code: ids[4],
+            exit_signal: ids[5],
+        },
+    );
     vec(entry, 0..8).prop_map(|processes| pb::ProcessTree { processes })
 }
 
