@@ -1,0 +1,182 @@
+//! Trees and threads: restore latency of a tree of N processes holding M MiB
+//! each, and of one process with many threads; dump time beside it.
+//!
+//! The tree workload's root forks N - 1 children; every process fills its
+//! memory with a pattern. Readiness is counted in a shared anonymous page
+//! (which rcr restores as shared). On SIGUSR1 the root wakes the children,
+//! each checks its memory and exits, and the root exits 0 only if all did so
+//! with 0. The thread workload parks its threads in `pause()` and, once
+//! woken, checks that every thread is still there.
+
+use crate::{pattern, MIB};
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+static WOKEN: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    WOKEN.store(true, Ordering::SeqCst);
+}
+
+fn wait_for_wake() {
+    while !WOKEN.load(Ordering::SeqCst) {
+        // SAFETY: pause just waits for a signal.
+        unsafe { libc::pause() };
+    }
+}
+
+/// Installs the wake handler and drops descriptors the workload did not open.
+fn prepare_workload() {
+    // SAFETY: closes inherited descriptors and installs a handler that only
+    // stores to an atomic.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+    }
+}
+
+/// Says ready on stdout (a pipe the benchmark reads), then swaps stdout
+/// for /dev/null, since the benchmark's pipe is not part of the workload.
+fn say_ready() {
+    use std::io::Write;
+    std::io::stdout().write_all(b"ready\n").expect("say ready");
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("/dev/null");
+    // SAFETY: replaces fd 1 with /dev/null.
+    unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) };
+}
+
+fn filled(mib: usize, seed: usize) -> Vec<u64> {
+    (0..mib * MIB / 8).map(|i| pattern(i ^ seed)).collect()
+}
+
+fn intact(mem: &[u64], seed: usize) -> bool {
+    mem.iter().enumerate().all(|(i, &w)| w == pattern(i ^ seed))
+}
+
+/// `--tree-workload N MIB`: the tree workload's root.
+pub fn tree_workload(procs: usize, mib: usize) -> ! {
+    prepare_workload();
+    // SAFETY: one shared anonymous page for the ready count.
+    let ready = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(ready, libc::MAP_FAILED);
+    // SAFETY: the page is mapped, aligned and lives as long as the process.
+    let ready = unsafe { &*(ready as *const AtomicU64) };
+    let mut children = Vec::new();
+    for n in 1..procs {
+        // SAFETY: fork; the child only runs the simple code below and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let mem = filled(mib, n);
+            ready.fetch_add(1, Ordering::SeqCst);
+            wait_for_wake();
+            std::process::exit(if intact(&mem, n) { 0 } else { 1 });
+        }
+        children.push(pid);
+    }
+    let mem = filled(mib, 0);
+    while ready.load(Ordering::SeqCst) < (procs - 1) as u64 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    say_ready();
+    wait_for_wake();
+    let mut ok = intact(&mem, 0);
+    for pid in children {
+        let mut status = 0;
+        // SAFETY: wakes and reaps our own children.
+        unsafe {
+            libc::kill(pid, libc::SIGUSR1);
+            libc::waitpid(pid, &mut status, 0);
+        }
+        ok &= libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    }
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+/// `--thread-workload N`: a process with N threads besides the main one.
+pub fn thread_workload(threads: usize) -> ! {
+    prepare_workload();
+    // SAFETY: blocks the wake signal in the threads spawned below (they
+    // inherit the mask), so it reaches the main thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        for _ in 0..threads {
+            std::thread::spawn(|| loop {
+                libc::pause();
+            });
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+    let count = || std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+    while count() < threads + 1 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    say_ready();
+    wait_for_wake();
+    std::process::exit(if count() == threads + 1 { 0 } else { 1 });
+}
+
+/// One dump and restore of a workload started with `args`: (dump, restore)
+/// seconds. Panics if the restored workload finds its state changed.
+pub fn round_trip(args: &[String], dir: &std::path::Path) -> (f64, f64) {
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start workload");
+    let pid = child.id() as i32;
+    let mut ready = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_end(&mut ready)
+        .expect("workload ready");
+    assert_eq!(ready, b"ready\n", "workload {args:?} did not start");
+    let t = Instant::now();
+    rcr_engine::dump(&rcr_engine::DumpOptions {
+        pid,
+        dir: dir.to_path_buf(),
+        leave_running: false,
+    })
+    .unwrap_or_else(|e| panic!("dump {args:?}: {e}"));
+    let dump_s = t.elapsed().as_secs_f64();
+    let _ = child.wait();
+    let t = Instant::now();
+    let restored = rcr_engine::restore(&rcr_engine::RestoreOptions {
+        dir: dir.to_path_buf(),
+    })
+    .unwrap_or_else(|e| panic!("restore {args:?}: {e}"));
+    let restore_s = t.elapsed().as_secs_f64();
+    let mut status = 0;
+    // SAFETY: wakes and reaps the process we just restored (our child again).
+    unsafe {
+        libc::kill(restored.pid, libc::SIGUSR1);
+        libc::waitpid(restored.pid, &mut status, 0);
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the restored workload {args:?} found its state changed (status {status:#x})"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    (dump_s, restore_s)
+}
