@@ -4,8 +4,11 @@
 //! rcr starts it with all signals blocked, on a stack in the shared area. It
 //! reads one [`Command`] per message from the control socket and sends one
 //! [`Reply`]; bulk results go to the data area. If the socket reaches EOF or
-//! fails, rcr is gone: the parasite traps instead of running on with the
-//! task's state half changed.
+//! fails, rcr is gone (killed mid-dump, say): the parasite closes its
+//! descriptors and returns the task to the state it was seized in through
+//! the `rt_sigreturn` frame rcr prepared, so the task lives on as if never
+//! touched. Only the shared mapping stays behind in it: the code and frame
+//! that do the return live there, so they cannot unmap it.
 
 use core::arch::asm;
 use core::mem::size_of;
@@ -18,18 +21,23 @@ use crate::sys::{self, nr};
 
 /// Syscall numbers this module needs beyond [`crate::sys::nr`].
 mod more_nr {
+    pub const POLL: usize = 7;
     pub const BRK: usize = 12;
-    pub const PAUSE: usize = 34;
     pub const SENDTO: usize = 44;
     pub const UMASK: usize = 95;
     pub const PERSONALITY: usize = 135;
 }
 
 const EINTR: isize = 4;
+const EAGAIN: isize = 11;
 const EINVAL: isize = 22;
+const EPIPE: isize = 32;
 const SIGKILL: usize = 9;
 const SIGSTOP: usize = 19;
 const MSG_NOSIGNAL: usize = 0x4000;
+const SPLICE_F_NONBLOCK: usize = 0x2;
+const POLLIN: i16 = 0x1;
+const POLLOUT: i16 = 0x4;
 const PR_GET_PDEATHSIG: usize = 2;
 const PR_GET_DUMPABLE: usize = 3;
 const PR_GET_CHILD_SUBREAPER: usize = 37;
@@ -66,7 +74,7 @@ pub extern "C" fn rcr_parasite_main(args: *const ParasiteArgs) -> ! {
         }
         if n <= 0 {
             // EOF or a broken socket: rcr is gone.
-            trap();
+            give_back(&args);
         }
         let reply = if n as usize != size_of::<Command>() || command.version != PARASITE_ABI_VERSION
         {
@@ -78,15 +86,9 @@ pub extern "C" fn rcr_parasite_main(args: *const ParasiteArgs) -> ! {
         } else {
             dispatch(&args, &command)
         };
+        // After FINI, rcr interrupts the read of the next command and cures
+        // the task, unless it dies first and the read sees EOF.
         send_reply(&args, &reply);
-        if command.cmd == cmd::FINI {
-            // Sleep (all signals are blocked) until rcr interrupts the task
-            // and puts its registers back.
-            loop {
-                // SAFETY: pause has no memory effects.
-                unsafe { sys::syscall0(more_nr::PAUSE) };
-            }
-        }
     }
 }
 
@@ -105,8 +107,23 @@ fn send_reply(args: &ParasiteArgs, reply: &Reply) {
         )
     };
     if n != size_of::<Reply>() as isize {
-        trap();
+        give_back(&args);
     }
+}
+
+/// rcr is gone: closes the parasite's descriptors and puts the task back
+/// where it was seized. The task's own signal mask comes back with the
+/// frame, so signals that arrived meanwhile (kept pending while every
+/// signal was blocked) are delivered then.
+fn give_back(args: &ParasiteArgs) -> ! {
+    for fd in [args.sock_fd, args.pipe_wr_fd, args.pipe_rd_fd] {
+        // SAFETY: these descriptors were made for the parasite; nothing of
+        // the task's own uses them.
+        unsafe { sys::syscall1(nr::CLOSE, fd as usize) };
+    }
+    // SAFETY: rcr built the frame at sigframe_rsp - 8 from the task's state
+    // at seize time, before starting the parasite.
+    unsafe { sys::rt_sigreturn(args.sigframe_rsp) }
 }
 
 /// Stops here with SIGTRAP: a tracer sees the stop, without one the task dies.
@@ -217,7 +234,8 @@ fn get_misc(out: &mut Misc) {
 }
 
 /// Splices `command.arg0` iovecs from the data area into the page pipe,
-/// blocking while the pipe is full (rcr drains it meanwhile).
+/// waiting while the pipe is full (rcr drains it meanwhile). The wait also
+/// watches the socket: if rcr dies, nobody will drain the pipe.
 fn dump_pages(args: &ParasiteArgs, command: &Command) -> Reply {
     let fail = |status: isize, value: u64| Reply {
         cmd: command.cmd,
@@ -253,10 +271,16 @@ fn dump_pages(args: &ParasiteArgs, command: &Command) -> Reply {
                 args.pipe_wr_fd as usize,
                 iovs[first..].as_ptr() as usize,
                 n,
-                0,
+                SPLICE_F_NONBLOCK,
             )
         };
         if ret == -EINTR {
+            continue;
+        }
+        if ret == -EAGAIN {
+            if !wait_pipe_room(args) {
+                return fail(-EPIPE, iovs[first].base);
+            }
             continue;
         }
         if ret <= 0 {
@@ -276,4 +300,44 @@ fn dump_pages(args: &ParasiteArgs, command: &Command) -> Reply {
             }
         }
     }
+}
+
+/// Waits until the page pipe has room. False if the socket woke the wait
+/// instead: rcr hung up (or broke protocol), so the pipe will not drain.
+fn wait_pipe_room(args: &ParasiteArgs) -> bool {
+    let mut fds = [
+        PollFd {
+            fd: args.pipe_wr_fd,
+            events: POLLOUT,
+            revents: 0,
+        },
+        PollFd {
+            fd: args.sock_fd,
+            events: POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: poll reads and writes the two pollfds; no timeout.
+        let ret = unsafe {
+            sys::syscall3(
+                more_nr::POLL,
+                fds.as_mut_ptr() as usize,
+                fds.len(),
+                usize::MAX,
+            )
+        };
+        if ret == -EINTR {
+            continue;
+        }
+        return ret > 0 && fds[1].revents == 0;
+    }
+}
+
+/// The kernel's `struct pollfd`.
+#[repr(C)]
+struct PollFd {
+    fd: i32,
+    events: i16,
+    revents: i16,
 }

@@ -10,9 +10,12 @@
 //! replies cross a `SOCK_SEQPACKET` unix socket as one [`Command`] or
 //! [`Reply`] message each; bulk input and results (iovecs, signal actions)
 //! live in the data area, whose address is in [`ParasiteArgs`].
+//!
+//! If rcr dies, the parasite sees EOF on the socket and returns the task to
+//! where it was seized through `rt_sigreturn` on a frame rcr prepared.
 
 /// Bumped whenever a type in this module changes layout or meaning.
-pub const PARASITE_ABI_VERSION: u32 = 1;
+pub const PARASITE_ABI_VERSION: u32 = 2;
 
 /// Magic at the start of [`ParasiteArgs`], "rcrP".
 pub const PARASITE_MAGIC: u32 = 0x5072_6372;
@@ -29,10 +32,20 @@ pub struct ParasiteArgs {
     pub sock_fd: i32,
     /// The target's write end of the page pipe.
     pub pipe_wr_fd: i32,
+    /// The target's read end of the page pipe: while the task holds it, the
+    /// pipe never loses its last reader, so a dying rcr cannot make
+    /// `vmsplice` raise SIGPIPE in the task.
+    pub pipe_rd_fd: i32,
+    /// Padding of the C layout.
+    pub _pad: u32,
     /// Address of the data area, in the target.
     pub data_addr: u64,
     /// Size of the data area in bytes.
     pub data_len: u64,
+    /// `rsp` for `rt_sigreturn` when rcr is gone: the frame at
+    /// `sigframe_rsp - 8` holds the task's registers, XSAVE state, signal
+    /// mask and altstack from when it was seized.
+    pub sigframe_rsp: u64,
 }
 
 /// Command codes carried in [`Command::cmd`].
@@ -46,9 +59,11 @@ pub mod cmd {
     /// Fill the data area with [`super::Misc`].
     pub const GET_MISC: u32 = 4;
     /// `vmsplice` the `arg0` [`super::IoVec`]s in the data area into the
-    /// page pipe; the reply's `value` is the bytes spliced.
+    /// page pipe; the reply's `value` is the bytes spliced. EOF on the
+    /// socket while the pipe is full ends the command.
     pub const DUMP_PAGES: u32 = 5;
-    /// Reply, then sleep until rcr interrupts the task and cures it.
+    /// Reply, then wait for the next message: rcr interrupts the task there
+    /// and cures it, or the parasite sees EOF if rcr died first.
     pub const FINI: u32 = 6;
 }
 
@@ -203,6 +218,6 @@ mod tests {
         assert_eq!(size_of::<IoVec>(), 16);
         assert_eq!(size_of::<Command>(), 16);
         assert_eq!(size_of::<Reply>(), 16);
-        assert_eq!(size_of::<ParasiteArgs>(), 32);
+        assert_eq!(size_of::<ParasiteArgs>(), 48);
     }
 }

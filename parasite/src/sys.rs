@@ -112,6 +112,27 @@ pub unsafe fn syscall6(
     ret
 }
 
+/// Loads the task state saved in the `rt_sigreturn` frame at `rsp - 8`:
+/// registers, XSAVE area, signal mask, altstack. Never returns here.
+///
+/// # Safety
+/// A well-formed frame (see `rcr_arch::sigframe`) must sit at `rsp - 8`;
+/// a bad one makes the kernel kill the task with SIGSEGV.
+pub unsafe fn rt_sigreturn(rsp: u64) -> ! {
+    // SAFETY: the caller vouches for the frame; nothing runs on the new
+    // stack before the kernel replaces every register.
+    unsafe {
+        asm!(
+            "mov rsp, {rsp}",
+            "mov eax, 15",
+            "syscall",
+            "ud2",
+            rsp = in(reg) rsp,
+            options(noreturn),
+        )
+    }
+}
+
 /// x86_64 system call numbers the blobs use.
 pub mod nr {
     pub const READ: usize = 0;

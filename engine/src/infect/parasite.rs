@@ -10,9 +10,14 @@
 //! signal blocked and its FPU/XSAVE state saved, since the blob's code may
 //! use vector registers.
 //!
-//! Cure: the parasite is told to finish and sleeps; rcr interrupts it,
+//! Cure: the parasite is told to finish and waits; rcr interrupts it,
 //! closes the task's ends of the socket and pipe, unmaps the area, and
 //! writes back the saved XSAVE area, registers and signal mask.
+//!
+//! If rcr dies instead, the kernel detaches the task and the parasite sees
+//! EOF on the socket. For that case infect leaves an `rt_sigreturn` frame of
+//! the task's seized state in the area: the parasite closes its fds and
+//! returns through it, and the task runs on with only the area left mapped.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
@@ -26,12 +31,14 @@ use nix::errno::Errno;
 use nix::sys::socket::{
     self, sockopt, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr,
 };
+use rcr_arch::sigframe::{self, AltStack, SigFrameInput};
 use rcr_parasite::parasite_abi::{
     cmd, Command, IoVec, Itimers, Misc, ParasiteArgs, Reply, SigAltStack, Sigactions,
     PARASITE_ABI_VERSION, PARASITE_MAGIC,
 };
 
 use crate::blob;
+use crate::infect::remote::sigreturn_regs;
 use crate::infect::{InfectError, RemoteTask};
 use crate::ptrace::{self, Stop};
 
@@ -39,9 +46,11 @@ const PAGE: usize = 4096;
 /// Room for 16384 iovecs per `DUMP_PAGES` command.
 const DATA_LEN: usize = 256 * 1024;
 const STACK_LEN: usize = 64 * 1024;
-/// Where, inside the arguments page, the socket address and pipe fds go.
+/// Where, inside the arguments page, the socket address, pipe fds and
+/// altstack go.
 const SOCKADDR_OFF: usize = 256;
 const PIPE_FDS_OFF: usize = 512;
+const ALTSTACK_OFF: usize = 768;
 const MEMFD_NAME: &[u8] = b"rcr-parasite\0";
 /// Bigger is fewer wake-ups per MiB spliced; the kernel caps it at
 /// `/proc/sys/fs/pipe-max-size`.
@@ -53,18 +62,22 @@ const POLL_SLICE: Duration = Duration::from_millis(50);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Layout {
     args: usize,
+    /// The `rt_sigreturn` frame for a parasite whose rcr died.
+    frame: usize,
     data: usize,
     stack_top: usize,
     total: usize,
 }
 
 impl Layout {
-    fn for_blob(blob_len: usize) -> Layout {
+    fn new(blob_len: usize, frame_len: usize) -> Layout {
         let args = blob_len.div_ceil(PAGE) * PAGE;
-        let data = args + PAGE;
+        let frame = args + PAGE;
+        let data = frame + frame_len.div_ceil(PAGE) * PAGE;
         let stack_top = data + DATA_LEN + STACK_LEN;
         Layout {
             args,
+            frame,
             data,
             stack_top,
             total: stack_top,
@@ -160,6 +173,7 @@ pub struct Parasite {
     pipe: Option<File>,
     remote_sock: i32,
     remote_pipe_wr: i32,
+    remote_pipe_rd: i32,
     state: State,
 }
 
@@ -180,7 +194,7 @@ impl Parasite {
             }
         };
         let blob = blob::parasite();
-        let layout = Layout::for_blob(blob.len());
+        let layout = Layout::new(blob.len(), sigframe::frame_size(xstate.len()));
         let (area, remote_base) = match map_shared_area(&mut task, layout.total) {
             Ok(v) => v,
             Err(e) => {
@@ -199,11 +213,13 @@ impl Parasite {
             pipe: None,
             remote_sock: -1,
             remote_pipe_wr: -1,
+            remote_pipe_rd: -1,
             state: State::Stopped,
         };
         parasite.connect_socket()?;
         parasite.open_pipe()?;
-        parasite.start(blob)?;
+        let sigframe_rsp = parasite.write_sigframe()?;
+        parasite.start(blob, sigframe_rsp)?;
         Ok(parasite)
     }
 
@@ -308,7 +324,7 @@ impl Parasite {
             self.stop_parasite()?;
         }
         self.state = State::Cured;
-        for fd in [self.remote_sock, self.remote_pipe_wr] {
+        for fd in [self.remote_sock, self.remote_pipe_wr, self.remote_pipe_rd] {
             if fd >= 0 {
                 self.task
                     .syscall_ok("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
@@ -324,7 +340,7 @@ impl Parasite {
         self.task.restore_regs()
     }
 
-    /// Interrupts the parasite (sleeping after FINI) and waits for the stop.
+    /// Interrupts the parasite (waiting after FINI) and waits for the stop.
     fn stop_parasite(&mut self) -> Result<(), InfectError> {
         let tid = self.tid();
         ptrace::interrupt(tid)?;
@@ -634,8 +650,8 @@ impl Parasite {
         Ok(())
     }
 
-    /// Creates the page pipe in the task, takes its read end over, and
-    /// leaves only the write end there.
+    /// Creates the page pipe in the task and opens its read end here. The
+    /// task keeps its read end too (see [`ParasiteArgs::pipe_rd_fd`]).
     fn open_pipe(&mut self) -> Result<(), InfectError> {
         let tid = self.tid();
         let fds_ptr = self.remote_base + (self.layout.args + PIPE_FDS_OFF) as u64;
@@ -646,14 +662,13 @@ impl Parasite {
         )?;
         let [rd, wr]: [i32; 2] = self.area.read(self.layout.args + PIPE_FDS_OFF);
         self.remote_pipe_wr = wr;
+        self.remote_pipe_rd = rd;
         let path = format!("/proc/{tid}/fd/{rd}");
-        let opened = OpenOptions::new()
+        let pipe = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_CLOEXEC)
-            .open(&path);
-        self.task
-            .syscall_ok("close", libc::SYS_close, [rd as u64, 0, 0, 0, 0, 0])?;
-        let pipe = opened.map_err(|e| InfectError::io(tid, format!("open {path}"), e))?;
+            .open(&path)
+            .map_err(|e| InfectError::io(tid, format!("open {path}"), e))?;
         // A smaller pipe only costs speed, so a refusal (user pipe quota) is
         // not an error.
         let size = pipe_max_size().min(WANTED_PIPE_SIZE);
@@ -663,8 +678,51 @@ impl Parasite {
         Ok(())
     }
 
+    /// Writes the frame that returns the task to its seized state, the state
+    /// cure would give back, for the parasite to use if rcr dies. Returns
+    /// the `rsp` for `rt_sigreturn`.
+    ///
+    /// Signal delivery-stops suppressed while the parasite runs are re-sent
+    /// by cure only; with rcr dead such a signal is lost. Every signal but
+    /// SIGKILL and SIGSTOP is blocked meanwhile and stays pending instead,
+    /// so that can only be a SIGSTOP.
+    fn write_sigframe(&mut self) -> Result<u64, InfectError> {
+        let tid = self.tid();
+        // rt_sigreturn also sets the altstack, so the frame needs the
+        // task's own; it cannot change while the parasite runs.
+        let ss_off = self.layout.args + ALTSTACK_OFF;
+        self.task.syscall_ok(
+            "sigaltstack",
+            libc::SYS_sigaltstack,
+            [0, self.remote_base + ss_off as u64, 0, 0, 0, 0],
+        )?;
+        let ss: SigAltStack = self.area.read(ss_off);
+        let regs = sigreturn_regs(self.task.saved_regs());
+        let input = SigFrameInput {
+            regs: &regs,
+            xsave: &self.xstate,
+            xfeatures: rcr_arch::cpuid::xcr0(),
+            sigmask: self.task.saved_sigmask(),
+            altstack: AltStack {
+                sp: ss.sp,
+                flags: ss.flags,
+                size: ss.size,
+            },
+        };
+        let frame_addr = self.remote_base + self.layout.frame as u64;
+        let frame =
+            sigframe::build_rt_sigframe(&input, frame_addr).map_err(|e| InfectError::Parasite {
+                tid,
+                what: format!("fallback frame: {e}"),
+            })?;
+        self.area
+            .bytes_mut(self.layout.frame, frame.bytes.len())
+            .copy_from_slice(&frame.bytes);
+        Ok(frame.rsp)
+    }
+
     /// Writes the blob and its arguments and lets the task run the blob.
-    fn start(&mut self, blob: &blob::Blob) -> Result<(), InfectError> {
+    fn start(&mut self, blob: &blob::Blob, sigframe_rsp: u64) -> Result<(), InfectError> {
         let tid = self.tid();
         blob.write_relocated(self.remote_base, self.area.bytes_mut(0, blob.len()));
         let args = ParasiteArgs {
@@ -672,8 +730,11 @@ impl Parasite {
             version: PARASITE_ABI_VERSION,
             sock_fd: self.remote_sock,
             pipe_wr_fd: self.remote_pipe_wr,
+            pipe_rd_fd: self.remote_pipe_rd,
+            _pad: 0,
             data_addr: self.remote_base + self.layout.data as u64,
             data_len: DATA_LEN as u64,
+            sigframe_rsp,
         };
         self.area.write(self.layout.args, &args);
         let entry = blob

@@ -195,6 +195,24 @@ pub fn restartable_regs(regs: &UserRegs) -> UserRegs {
     out
 }
 
+/// The registers for an `rt_sigreturn` frame that resumes a task whose
+/// saved registers are `regs`: as [`restartable_regs`], except that a
+/// syscall interrupted with a restart block is issued again from the start.
+/// `rt_sigreturn` forgets the restart block, after which `restart_syscall`
+/// only fails with EINTR; issued again, a relative sleep or timeout starts
+/// over (waits longer) rather than failing for a signal that never came.
+pub fn sigreturn_regs(regs: &UserRegs) -> UserRegs {
+    if (regs.orig_rax as i64) >= 0 && regs.rax as i64 == ERESTART_RESTARTBLOCK {
+        return UserRegs {
+            rax: regs.orig_rax,
+            rip: regs.rip - SYSCALL_INSN_LEN,
+            orig_rax: u64::MAX,
+            ..*regs
+        };
+    }
+    restartable_regs(regs)
+}
+
 fn tgid_of(tid: i32) -> Result<i32, InfectError> {
     let path = format!("/proc/{tid}/status");
     let status = fs::read_to_string(&path).map_err(|source| InfectError::Io {
@@ -347,6 +365,26 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(restartable_regs(&user), user);
+    }
+
+    #[test]
+    fn sigreturn_reissues_a_syscall_with_a_restart_block() {
+        let sleep = UserRegs {
+            orig_rax: 35,
+            rax: (-516i64) as u64,
+            rip: 0x1002,
+            rdi: 0x7000,
+            ..Default::default()
+        };
+        let r = sigreturn_regs(&sleep);
+        assert_eq!((r.rax, r.rip, r.rdi), (35, 0x1000, 0x7000));
+        let read = UserRegs {
+            orig_rax: 0,
+            rax: (-512i64) as u64,
+            rip: 0x2002,
+            ..Default::default()
+        };
+        assert_eq!(sigreturn_regs(&read), restartable_regs(&read));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Infect real child processes, check every answer of the parasite against
 //! what the child set up, and check the child runs on unharmed after cure.
 
+use std::arch::asm;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use super::*;
@@ -344,6 +345,231 @@ fn dropping_an_uncured_parasite_restores_the_task() {
     // SAFETY: signal our own child.
     unsafe { libc::kill(pid, libc::SIGUSR1) };
     assert_eq!(sc.next_report(), b'h');
+}
+
+/// Rounds of [`checking_loop`]; the test reads the child's copy.
+static ROUNDS: AtomicU64 = AtomicU64::new(0);
+const CHECK_R12: u64 = 0x0123_4567_89ab_cdef;
+const CHECK_R13: u64 = 0xfedc_ba98_7654_3210;
+/// Exit status of a checking child that found a register changed or a
+/// syscall failed.
+const CHECK_FAILED: i32 = 7;
+/// Blocked by the checking child, so its mask differs from the parasite's.
+const CHILD_BLOCKED: u64 = 1 << (libc::SIGUSR2 - 1);
+
+/// Sets SIGPIPE to its default action (the harness ignores it, as Rust
+/// programs do), blocks SIGUSR2, then loops: syscall `nr` (`rdi` = a 5 ms timespec,
+/// `rsi` = 0), check that it returned 0 and that r12, r13, xmm5 and the
+/// upper half of ymm5 still hold what was put there, count a round. Exits
+/// with [`CHECK_FAILED`] on any difference.
+fn checking_loop(nr: i64) -> ! {
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 5_000_000,
+    };
+    // SAFETY: raw syscalls and register-only code in the forked child; the
+    // loop only writes ROUNDS.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            &CHILD_BLOCKED,
+            0usize,
+            8usize,
+        );
+        asm!(
+            "vmovq xmm5, r12",
+            "vinsertf128 ymm5, ymm5, xmm5, 1",
+            "2:",
+            "mov rax, r15",
+            "mov rdi, r14",
+            "xor esi, esi",
+            "syscall",
+            "test rax, rax",
+            "jnz 3f",
+            "mov rax, {r13}",
+            "cmp r13, rax",
+            "jne 3f",
+            "vmovq rax, xmm5",
+            "cmp rax, r12",
+            "jne 3f",
+            "vextractf128 xmm6, ymm5, 1",
+            "vmovq rax, xmm6",
+            "cmp rax, r12",
+            "jne 3f",
+            "lock inc qword ptr [rip + {rounds}]",
+            "jmp 2b",
+            "3:",
+            "mov edi, {failed}",
+            "mov eax, {exit_group}",
+            "syscall",
+            "ud2",
+            r13 = const CHECK_R13,
+            rounds = sym ROUNDS,
+            failed = const CHECK_FAILED,
+            exit_group = const libc::SYS_exit_group,
+            in("r12") CHECK_R12,
+            in("r13") CHECK_R13,
+            in("r14") &ts,
+            in("r15") nr,
+            options(noreturn),
+        )
+    }
+}
+
+fn yielding_checker() -> ! {
+    checking_loop(libc::SYS_sched_yield)
+}
+
+fn sleeping_checker() -> ! {
+    checking_loop(libc::SYS_nanosleep)
+}
+
+/// The child's [`ROUNDS`].
+fn rounds(pid: i32) -> u64 {
+    let mut buf = [0u8; 8];
+    let local = [std::io::IoSliceMut::new(&mut buf)];
+    let remote = [nix::sys::uio::RemoteIoVec {
+        base: std::ptr::addr_of!(ROUNDS) as usize,
+        len: 8,
+    }];
+    nix::sys::uio::process_vm_readv(nix::unistd::Pid::from_raw(pid), &mut { local }, &remote)
+        .unwrap();
+    u64::from_ne_bytes(buf)
+}
+
+/// Waits (bounded) until the child has counted `more` rounds past now,
+/// failing if it exits meanwhile.
+fn assert_counts_on(pid: i32, more: u64) {
+    let deadline = Instant::now() + crate::infect::test_child::WAIT_LIMIT;
+    let mut target = None;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, without blocking.
+        let ret = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
+        assert_eq!(ret, 0, "child {pid} ended, status {status:#x}");
+        let now = rounds(pid);
+        if now >= *target.get_or_insert(now + more) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "child {pid} stopped counting");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Waits (bounded) until the parasite has filled the pipe.
+fn wait_until_full(pipe: &File) {
+    let deadline = Instant::now() + crate::infect::test_child::WAIT_LIMIT;
+    // SAFETY: F_GETPIPE_SZ on a pipe we hold.
+    let size = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        assert_eq!(
+            unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut queued) },
+            0
+        );
+        if queued == size {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pipe holds {queued} of {size} bytes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// How far rcr got before it died.
+#[derive(Clone, Copy)]
+enum DeathAt {
+    /// Between commands, the parasite waiting for the next.
+    Idle,
+    /// After FINI, before the cure.
+    Fini,
+    /// During DUMP_PAGES, the page pipe full and nobody draining it.
+    DumpingPages,
+}
+
+/// Infects a checking child from a thread that then dies the way rcr would:
+/// its fds close, and its exit makes the kernel detach the task (the
+/// tracer is that thread). Checks the task goes on with its registers,
+/// signal mask and fds as they were.
+fn check_task_outlives_rcr(body: fn() -> !, death: DeathAt) {
+    let child = Child::spawn(body);
+    let pid = child.pid;
+    assert_counts_on(pid, 1);
+    let mask_before = crate::proc::status::read_status(pid).unwrap().sig_blk;
+    assert_eq!(mask_before, CHILD_BLOCKED);
+    let fds_before = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+
+    std::thread::spawn(move || {
+        ptrace::seize(pid, ptrace::default_options()).unwrap();
+        ptrace::interrupt(pid).unwrap();
+        let stop = ptrace::wait_stop_timeout(pid, crate::infect::test_child::WAIT_LIMIT);
+        assert_eq!(stop.unwrap(), Some(Stop::Interrupt));
+        // Never dropped, so never cured; rcr's view of the shared area
+        // leaks with it, as with a killed rcr.
+        let mut p = std::mem::ManuallyDrop::new(Parasite::infect(pid).unwrap());
+        p.get_misc().unwrap();
+        match death {
+            DeathAt::Idle => {}
+            DeathAt::Fini => {
+                p.call(cmd::FINI, 0).unwrap();
+            }
+            DeathAt::DumpingPages => {
+                // One page many times over: more than any pipe holds.
+                let page = std::ptr::addr_of!(ROUNDS) as u64 & !(PAGE as u64 - 1);
+                let count = 4096;
+                for i in 0..count {
+                    let iov = IoVec {
+                        base: page,
+                        len: PAGE as u64,
+                    };
+                    p.area.write(p.layout.data + i * size_of::<IoVec>(), &iov);
+                }
+                p.send(cmd::DUMP_PAGES, count as u64).unwrap();
+                // rcr's read end goes first: the parasite must neither wake
+                // up nor get SIGPIPE then.
+                let pipe = p.pipe.take().unwrap();
+                wait_until_full(&pipe);
+                drop(pipe);
+            }
+        }
+        p.sock = None;
+        p.pipe = None;
+    })
+    .join()
+    .unwrap();
+
+    assert_counts_on(pid, 20);
+    let status = crate::proc::status::read_status(pid).unwrap();
+    assert_eq!(status.tracer_pid, 0);
+    assert_eq!(status.sig_blk, mask_before);
+    assert_eq!(
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count(),
+        fds_before
+    );
+}
+
+#[test]
+fn spinning_task_runs_on_when_rcr_dies_between_commands() {
+    check_task_outlives_rcr(yielding_checker, DeathAt::Idle);
+}
+
+#[test]
+fn sleeping_task_sleeps_on_when_rcr_dies_after_fini() {
+    check_task_outlives_rcr(sleeping_checker, DeathAt::Fini);
+}
+
+#[test]
+fn task_runs_on_when_rcr_dies_mid_page_dump() {
+    check_task_outlives_rcr(yielding_checker, DeathAt::DumpingPages);
 }
 
 /// Not a check: prints infect+cure latency and dump throughput
