@@ -4,14 +4,18 @@
 //! beside memcpy bandwidth measured in the same run, as a table and JSON.
 //!
 //! `rcr-bench [--mib N] [--runs R] [--dir DIR]` (defaults: 1024 MiB, 3 runs,
-//! a directory under /tmp). `rcr-bench --workload N` is the workload itself.
+//! a directory under /tmp). `rcr-bench --trees [--runs R] [--dir DIR]`
+//! measures trees of 1 to 16 processes and a 64-thread process instead.
+//! `--workload`, `--tree-workload` and `--thread-workload` are the workloads.
+
+mod tree;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-const MIB: usize = 1 << 20;
+pub(crate) const MIB: usize = 1 << 20;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -24,9 +28,24 @@ fn main() {
     if let Some(mib) = flag("--workload") {
         workload(mib.parse().expect("--workload MiB"));
     }
+    let number = |i: usize| -> usize {
+        args.get(i)
+            .and_then(|s| s.parse().ok())
+            .expect("a number argument")
+    };
+    if let Some(i) = args.iter().position(|a| a == "--tree-workload") {
+        tree::tree_workload(number(i + 1), number(i + 2));
+    }
+    if let Some(i) = args.iter().position(|a| a == "--thread-workload") {
+        tree::thread_workload(number(i + 1));
+    }
     let mib: usize = flag("--mib").map_or(1024, |s| s.parse().expect("--mib N"));
     let runs: usize = flag("--runs").map_or(3, |s| s.parse().expect("--runs N"));
     let base = PathBuf::from(flag("--dir").unwrap_or_else(|| "/tmp".into()));
+    if args.iter().any(|a| a == "--trees") {
+        trees(runs, &base);
+        return;
+    }
     let memcpy = memcpy_gbps(mib.min(1024));
     let mut results = Vec::new();
     for run in 0..runs {
@@ -83,6 +102,56 @@ fn main() {
         "image_bytes": image,
     });
     println!("{json}");
+}
+
+/// Restore and dump latency of trees and of a many-threaded process.
+fn trees(runs: usize, base: &std::path::Path) {
+    let memcpy = memcpy_gbps(256);
+    println!("rcr benchmark: trees and threads, median of {runs}; memcpy {memcpy:.2} GB/s");
+    println!("{:<34}{:>12}{:>12}", "workload", "dump", "restore");
+    let mut rows = Vec::new();
+    let mut configs: Vec<(String, Vec<String>)> = Vec::new();
+    for mib in [16usize, 128] {
+        for procs in [1usize, 2, 4, 8, 16] {
+            configs.push((
+                format!("{procs} processes x {mib} MiB"),
+                vec![
+                    "--tree-workload".into(),
+                    procs.to_string(),
+                    mib.to_string(),
+                ],
+            ));
+        }
+    }
+    configs.push((
+        "1 process, 64 threads".into(),
+        vec!["--thread-workload".into(), "64".into()],
+    ));
+    for (name, args) in configs {
+        let mut dumps = Vec::new();
+        let mut restores = Vec::new();
+        for run in 0..runs {
+            let dir = base.join(format!("rcr-bench-tree-{}-{run}", std::process::id()));
+            let (d, r) = tree::round_trip(&args, &dir);
+            dumps.push(d);
+            restores.push(r);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2] * 1e3
+        };
+        let (d, r) = (median(&mut dumps), median(&mut restores));
+        println!(
+            "{name:<34}{:>12}{:>12}",
+            format!("{d:.1} ms"),
+            format!("{r:.1} ms")
+        );
+        rows.push(serde_json::json!({"workload": name, "dump_ms": d, "restore_ms": r}));
+    }
+    println!(
+        "{}",
+        serde_json::json!({"memcpy_gbps": memcpy, "pid_strategy": "clone3 set_tid", "trees": rows})
+    );
 }
 
 struct RunResult {
@@ -151,7 +220,7 @@ extern "C" fn on_usr1(_: libc::c_int) {
     GO.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-fn pattern(i: usize) -> u64 {
+pub(crate) fn pattern(i: usize) -> u64 {
     (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed
 }
 

@@ -42,12 +42,15 @@ fn prepare_workload() {
 fn say_ready() {
     use std::io::Write;
     std::io::stdout().write_all(b"ready\n").expect("say ready");
-    let null = std::fs::OpenOptions::new()
+    // SAFETY: replaces fd 1 with /dev/null.
+    unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&dev_null()), 1) };
+}
+
+fn dev_null() -> std::fs::File {
+    std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/null")
-        .expect("/dev/null");
-    // SAFETY: replaces fd 1 with /dev/null.
-    unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) };
+        .expect("/dev/null")
 }
 
 fn filled(mib: usize, seed: usize) -> Vec<u64> {
@@ -75,11 +78,15 @@ pub fn tree_workload(procs: usize, mib: usize) -> ! {
     assert_ne!(ready, libc::MAP_FAILED);
     // SAFETY: the page is mapped, aligned and lives as long as the process.
     let ready = unsafe { &*(ready as *const AtomicU64) };
+    let null = dev_null();
     let mut children = Vec::new();
     for n in 1..procs {
         // SAFETY: fork; the child only runs the simple code below and exits.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            // Only the root tells the benchmark it is ready: drop its pipe.
+            // SAFETY: replaces fd 1 with the descriptor of /dev/null.
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) };
             let mem = filled(mib, n);
             ready.fetch_add(1, Ordering::SeqCst);
             wait_for_wake();
