@@ -5,8 +5,10 @@
 //!   signal, verdict file).
 //! - [`pattern`]: deterministic data so a workload can tell a wrong byte.
 //! - [`maps`]: `/proc/self/maps` lookups for workloads that check mappings.
+//! - [`fdops`]: descriptor helpers for the workloads that build fd state.
 //! - [`harness`]: the test side: temp dirs, spawning, running `rcr`, waiting.
 
+pub mod fdops;
 pub mod harness;
 pub mod maps;
 pub mod pattern;

@@ -112,12 +112,12 @@ fn check_references(c: &Checkpoint) -> std::result::Result<(), String> {
         if fd.fd < 0 || !seen.insert(fd.fd) {
             return Err(format!("fd {} is negative or stored twice", fd.fd));
         }
-        if !has(fd.file_id) {
+        if files::file_by_id(&c.files, fd.file_id).is_none() {
             return Err(format!(
                 "fd {} refers to file id {} which is not stored",
                 fd.fd, fd.file_id
             ));
         }
     }
-    Ok(())
+    files::check_table(&c.files, &c.fs.fds)
 }

@@ -79,13 +79,9 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
     // Descriptors that become the task's.
     let mut by_file: BTreeMap<u32, usize> = BTreeMap::new();
     let mut sources: Vec<OwnedFd> = Vec::new();
-    for fd in &c.fs.fds {
-        if by_file.contains_key(&fd.file_id) {
-            continue;
-        }
-        let reg = files::reg_by_id(&c.files, fd.file_id).expect("checked at load");
-        by_file.insert(fd.file_id, sources.len());
-        sources.push(files::open_saved(reg)?);
+    for (id, fd) in files::open_task_files(&c.files, &c.fs.fds)? {
+        by_file.insert(id, sources.len());
+        sources.push(fd);
     }
     sources.push(fs_context::open_cwd(&c.fs.cwd)?);
 
