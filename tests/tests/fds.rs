@@ -19,3 +19,23 @@ fn pipes_and_fifos_keep_their_data_and_flags() {
 fn eventfds_keep_their_count_and_mode() {
     roundtrip_once("eventfd", env!("CARGO_BIN_EXE_wl_eventfd"));
 }
+
+#[test]
+fn signalfds_keep_their_mask() {
+    roundtrip_once("signalfd", env!("CARGO_BIN_EXE_wl_signalfd"));
+}
+
+#[test]
+fn timerfds_keep_their_time_left_and_expirations() {
+    roundtrip_once("timerfd", env!("CARGO_BIN_EXE_wl_timerfd"));
+}
+
+#[test]
+fn epoll_keeps_its_registrations() {
+    roundtrip_once("epoll", env!("CARGO_BIN_EXE_wl_epoll"));
+}
+
+#[test]
+fn memfds_keep_content_seals_and_sharing() {
+    roundtrip_once("memfd", env!("CARGO_BIN_EXE_wl_memfd"));
+}
