@@ -39,3 +39,8 @@ fn epoll_keeps_its_registrations() {
 fn memfds_keep_content_seals_and_sharing() {
     roundtrip_once("memfd", env!("CARGO_BIN_EXE_wl_memfd"));
 }
+
+#[test]
+fn deleted_files_keep_their_content() {
+    roundtrip_once("deleted", env!("CARGO_BIN_EXE_wl_deleted"));
+}

@@ -1,14 +1,14 @@
 //! Files reached by path (regular files, directories, memory character
 //! devices) and the fd table that refers to them, dump and restore side by side.
 //! Other kinds of descriptors live in their own modules (pipe, eventfd,
-//! signalfd, timerfd, epoll, memfd); this one examines the table and hands
+//! signalfd, timerfd, epoll, memfd, deleted); this one examines the table and hands
 //! each open file description to its kind.
 //!
 //! Each open file description is stored once in `files.img`; fds that share
 //! it (dup, inheritance) point at the same id, so restore opens it once and
 //! installs it at every number, and offset and flags keep moving together.
 
-use super::{epoll, eventfd, memfd, pipe, signalfd, timerfd};
+use super::{deleted, epoll, eventfd, memfd, pipe, signalfd, timerfd};
 use crate::error::{Error, Result};
 use crate::proc::fdinfo::{self, FdTarget};
 use rcr_images::pb::{self, file_entry::Kind};
@@ -33,6 +33,7 @@ pub struct FileTableBuilder {
     /// Pipes and memfds, each stored once, by their (device, inode).
     pipes: Inodes<pb::Pipe>,
     memfds: Inodes<pb::MemFd>,
+    deleted: Inodes<pb::DeletedFile>,
 }
 
 /// Objects that several open file descriptions may share, stored once each.
@@ -141,6 +142,7 @@ impl FileTableBuilder {
             files: self.entries,
             pipes: self.pipes.saved,
             memfds: self.memfds.saved,
+            deleted: self.deleted.saved,
         }
     }
 }
@@ -215,6 +217,8 @@ enum Object {
     Epoll,
     /// A memfd, by its name.
     MemFd(String),
+    /// A regular file unlinked while open, by its last path.
+    Deleted(PathBuf),
 }
 
 fn classify(target: &FdTarget, meta: &std::fs::Metadata) -> Option<Object> {
@@ -230,7 +234,11 @@ fn classify(target: &FdTarget, meta: &std::fs::Metadata) -> Option<Object> {
         FdTarget::Path {
             path,
             deleted: true,
-        } => memfd::name_of(path).map(|n| Object::MemFd(n.to_owned())),
+        } => match memfd::name_of(path) {
+            Some(name) => Some(Object::MemFd(name.to_owned())),
+            None if meta.file_type().is_file() => Some(Object::Deleted(PathBuf::from(path))),
+            None => None,
+        },
         FdTarget::Path {
             path,
             deleted: false,
@@ -347,6 +355,16 @@ fn dump_object(pid: i32, f: &OpenFd, files: &mut FileTableBuilder) -> Result<Kin
                 pos: f.info.pos,
             })
         }
+        Object::Deleted(path) => {
+            let deleted_id = files
+                .deleted
+                .id(&f.meta, |id| deleted::dump_deleted(pid, f.fd, id, path))?;
+            Kind::Deleted(pb::DeletedOpen {
+                deleted_id,
+                flags,
+                pos: f.info.pos,
+            })
+        }
     })
 }
 
@@ -362,6 +380,7 @@ fn same_file(pid: i32, fd1: i32, fd2: i32) -> bool {
 pub fn open_task_files(table: &pb::FileTable, fds: &[pb::Fd]) -> Result<Vec<(u32, OwnedFd)>> {
     let mut pipes = Made::new(&table.pipes, |p| p.id, pipe::make_pipe);
     let mut memfds = Made::new(&table.memfds, |m| m.id, memfd::make_memfd);
+    let mut deleted = Made::new(&table.deleted, |d| d.id, deleted::make_deleted);
     let mut opened: Vec<(u32, OwnedFd)> = Vec::new();
     let mut epolls: Vec<(u32, &pb::Epoll)> = Vec::new();
     for fd in fds {
@@ -377,7 +396,8 @@ pub fn open_task_files(table: &pb::FileTable, fds: &[pb::Fd]) -> Result<Vec<(u32
             Kind::Eventfd(e) => eventfd::restore_eventfd(e)?,
             Kind::Signalfd(s) => signalfd::restore_signalfd(s)?,
             Kind::Timerfd(t) => timerfd::restore_timerfd(t)?,
-            Kind::Memfd(m) => memfd::open_file(memfds.get(m.memfd_id)?, m)?,
+            Kind::Memfd(m) => reopen_at(memfds.get(m.memfd_id)?, m.flags, m.pos)?,
+            Kind::Deleted(d) => reopen_at(deleted.get(d.deleted_id)?, d.flags, d.pos)?,
             Kind::Epoll(e) => {
                 epolls.push((fd.file_id, e));
                 continue;
@@ -407,6 +427,12 @@ pub fn check_table(table: &pb::FileTable, fds: &[pb::Fd]) -> std::result::Result
                     f.id, m.memfd_id
                 ))
             }
+            Some(Kind::Deleted(d)) if !table.deleted.iter().any(|s| s.id == d.deleted_id) => {
+                return Err(format!(
+                    "file {} opens deleted file {} which is not stored",
+                    f.id, d.deleted_id
+                ))
+            }
             Some(Kind::Epoll(e)) => {
                 if let Some(t) = e.targets.iter().find(|t| !fds.iter().any(|d| d.fd == t.fd)) {
                     return Err(format!(
@@ -429,6 +455,16 @@ pub(crate) fn reopen(fd: &OwnedFd, flags: u32) -> Result<OwnedFd> {
     // SAFETY: open with a valid C string; the result is checked.
     let raw = unsafe { libc::open(path.as_ptr(), flags) };
     owned(raw, "reopening a descriptor")
+}
+
+/// [`reopen`], then the saved offset: the task's own open file description
+/// of a file made in rcr (memfd, deleted file).
+fn reopen_at(fd: &OwnedFd, flags: u32, pos: u64) -> Result<OwnedFd> {
+    let fd = reopen(fd, flags)?;
+    // SAFETY: lseek on our own descriptor.
+    let ret = unsafe { libc::lseek(fd.as_raw_fd(), pos as i64, libc::SEEK_SET) };
+    check(ret, "setting a file offset")?;
+    Ok(fd)
 }
 
 /// Takes ownership of a descriptor a syscall returned, or names the failure.

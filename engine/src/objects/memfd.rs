@@ -2,7 +2,7 @@
 //! content, seals), each open file description of it with its flags and
 //! offset. A memfd's /proc link reads `/memfd:NAME (deleted)`.
 
-use super::files::{check, open_task_fd, owned, reopen};
+use super::files::{check, open_task_fd, owned};
 use crate::error::{Error, Result};
 use rcr_images::pb;
 use std::ffi::CString;
@@ -67,14 +67,4 @@ pub fn make_memfd(m: &pb::MemFd) -> Result<OwnedFd> {
     let ret = unsafe { libc::fcntl(made.as_raw_fd(), libc::F_ADD_SEALS, m.seals as i32) };
     check(ret as i64, "sealing a memfd")?;
     Ok(made.into())
-}
-
-/// The task's own open file description of the memfd: access mode, flags,
-/// offset.
-pub fn open_file(memfd: &OwnedFd, f: &pb::MemFdFile) -> Result<OwnedFd> {
-    let fd = reopen(memfd, f.flags)?;
-    // SAFETY: lseek on our own descriptor.
-    let ret = unsafe { libc::lseek(fd.as_raw_fd(), f.pos as i64, libc::SEEK_SET) };
-    check(ret, "setting a memfd's offset")?;
-    Ok(fd)
 }

@@ -1,5 +1,6 @@
 //! One module per kernel object, each with its dump and its restore side by side.
 
+pub mod deleted;
 pub mod epoll;
 pub mod eventfd;
 pub mod files;
