@@ -115,11 +115,7 @@ fn trees(runs: usize, base: &std::path::Path) {
         for procs in [1usize, 2, 4, 8, 16] {
             configs.push((
                 format!("{procs} processes x {mib} MiB"),
-                vec![
-                    "--tree-workload".into(),
-                    procs.to_string(),
-                    mib.to_string(),
-                ],
+                vec!["--tree-workload".into(), procs.to_string(), mib.to_string()],
             ));
         }
     }

@@ -60,6 +60,7 @@ fn oneof_variants_are_field_names() {
                 ..Default::default()
             })),
         }],
+        ..Default::default()
     };
     let v = serde_json::to_value(&files).unwrap();
     assert_eq!(v["files"][0]["id"], json!(3));

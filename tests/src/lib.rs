@@ -7,8 +7,10 @@
 //! - [`regloop`]: an asm loop that holds known values in registers.
 //! - [`sigs`]: signal sets, masks, pending sets and alt stacks.
 //! - [`maps`]: `/proc/self/maps` lookups for workloads that check mappings.
+//! - [`fdops`]: descriptor helpers for the workloads that build fd state.
 //! - [`harness`]: the test side: temp dirs, spawning, running `rcr`, waiting.
 
+pub mod fdops;
 pub mod harness;
 pub mod maps;
 pub mod pattern;

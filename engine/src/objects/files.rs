@@ -1,10 +1,14 @@
 //! Files reached by path (regular files, directories, memory character
 //! devices) and the fd table that refers to them, dump and restore side by side.
+//! Other kinds of descriptors live in their own modules (pipe, eventfd,
+//! signalfd, timerfd, epoll, memfd, deleted); this one examines the table and hands
+//! each open file description to its kind.
 //!
 //! Each open file description is stored once in `files.img`; fds that share
 //! it (dup, inheritance) point at the same id, so restore opens it once and
 //! installs it at every number, and offset and flags keep moving together.
 
+use super::{deleted, epoll, eventfd, memfd, pipe, signalfd, timerfd};
 use crate::error::{Error, Result};
 use crate::proc::fdinfo::{self, FdTarget};
 use rcr_images::pb::{self, file_entry::Kind};
@@ -26,6 +30,77 @@ const KCMP_FILE: libc::c_int = 0;
 pub struct FileTableBuilder {
     entries: Vec<pb::FileEntry>,
     mapped: HashMap<(PathBuf, bool), u32>,
+    /// Pipes and memfds, each stored once, by their (device, inode).
+    pipes: Inodes<pb::Pipe>,
+    memfds: Inodes<pb::MemFd>,
+    deleted: Inodes<pb::DeletedFile>,
+}
+
+/// Objects that several open file descriptions may share, stored once each.
+struct Inodes<T> {
+    ids: HashMap<(u64, u64), u32>,
+    saved: Vec<T>,
+}
+
+impl<T> Default for Inodes<T> {
+    fn default() -> Self {
+        Inodes {
+            ids: HashMap::new(),
+            saved: Vec::new(),
+        }
+    }
+}
+
+impl<T> Inodes<T> {
+    /// The id of the object with inode `meta`, dumped by `dump` when new.
+    fn id(&mut self, meta: &std::fs::Metadata, dump: impl FnOnce(u32) -> Result<T>) -> Result<u32> {
+        let key = (meta.dev(), meta.ino());
+        if let Some(id) = self.ids.get(&key) {
+            return Ok(*id);
+        }
+        let id = self.saved.len() as u32 + 1;
+        self.saved.push(dump(id)?);
+        self.ids.insert(key, id);
+        Ok(id)
+    }
+}
+
+/// The shared objects of a restore (pipes, memfds), each made once on first
+/// use and kept open while the descriptors that refer to it are opened.
+pub(crate) struct Made<'a, T> {
+    saved: &'a [T],
+    id_of: fn(&T) -> u32,
+    make: fn(&T) -> Result<OwnedFd>,
+    made: HashMap<u32, OwnedFd>,
+}
+
+impl<'a, T> Made<'a, T> {
+    pub(crate) fn new(
+        saved: &'a [T],
+        id_of: fn(&T) -> u32,
+        make: fn(&T) -> Result<OwnedFd>,
+    ) -> Self {
+        Made {
+            saved,
+            id_of,
+            make,
+            made: HashMap::new(),
+        }
+    }
+
+    /// A descriptor of object `id`, open for reading and writing.
+    pub(crate) fn get(&mut self, id: u32) -> Result<&OwnedFd> {
+        if !self.made.contains_key(&id) {
+            let saved = self
+                .saved
+                .iter()
+                .find(|s| (self.id_of)(s) == id)
+                .expect("checked at load");
+            let fd = (self.make)(saved)?;
+            self.made.insert(id, fd);
+        }
+        Ok(&self.made[&id])
+    }
 }
 
 impl FileTableBuilder {
@@ -47,16 +122,16 @@ impl FileTableBuilder {
         } else {
             libc::O_RDONLY
         };
-        let id = self.add(reg_file(path, flags as u32, 0, &meta));
+        let id = self.add(Kind::Reg(reg_file(path, flags as u32, 0, &meta)));
         self.mapped.insert((path.to_path_buf(), writable), id);
         Ok(id)
     }
 
-    fn add(&mut self, reg: pb::RegFile) -> u32 {
+    fn add(&mut self, kind: Kind) -> u32 {
         let id = self.entries.len() as u32 + 1;
         self.entries.push(pb::FileEntry {
             id,
-            kind: Some(Kind::Reg(reg)),
+            kind: Some(kind),
         });
         id
     }
@@ -65,6 +140,9 @@ impl FileTableBuilder {
     pub fn finish(self) -> pb::FileTable {
         pb::FileTable {
             files: self.entries,
+            pipes: self.pipes.saved,
+            memfds: self.memfds.saved,
+            deleted: self.deleted.saved,
         }
     }
 }
@@ -125,13 +203,62 @@ fn supported(meta: &std::fs::Metadata) -> bool {
         || (t.is_char_device() && libc::major(meta.rdev()) == MEM_DEVICE_MAJOR)
 }
 
+/// The kernel object behind a descriptor that rcr can checkpoint.
+enum Object {
+    /// Reached by path: regular file, directory, memory device.
+    Path(PathBuf),
+    /// An anonymous pipe, or a FIFO with its path.
+    Pipe {
+        fifo: Option<PathBuf>,
+    },
+    EventFd,
+    SignalFd,
+    TimerFd,
+    Epoll,
+    /// A memfd, by its name.
+    MemFd(String),
+    /// A regular file unlinked while open, by its last path.
+    Deleted(PathBuf),
+}
+
+fn classify(target: &FdTarget, meta: &std::fs::Metadata) -> Option<Object> {
+    match target {
+        FdTarget::Pipe(_) => Some(Object::Pipe { fifo: None }),
+        FdTarget::AnonInode(name) => match name.as_str() {
+            "eventfd" => Some(Object::EventFd),
+            "signalfd" => Some(Object::SignalFd),
+            "timerfd" => Some(Object::TimerFd),
+            "eventpoll" => Some(Object::Epoll),
+            _ => None,
+        },
+        FdTarget::Path {
+            path,
+            deleted: true,
+        } => match memfd::name_of(path) {
+            Some(name) => Some(Object::MemFd(name.to_owned())),
+            None if meta.file_type().is_file() => Some(Object::Deleted(PathBuf::from(path))),
+            None => None,
+        },
+        FdTarget::Path {
+            path,
+            deleted: false,
+        } if meta.file_type().is_fifo() => Some(Object::Pipe {
+            fifo: Some(PathBuf::from(path)),
+        }),
+        FdTarget::Path {
+            path,
+            deleted: false,
+        } if supported(meta) => Some(Object::Path(PathBuf::from(path))),
+        _ => None,
+    }
+}
+
 /// One descriptor of the task, examined but not yet stored.
 struct OpenFd {
     fd: i32,
-    path: PathBuf,
+    object: Object,
     meta: std::fs::Metadata,
-    flags: u32,
-    pos: u64,
+    info: fdinfo::FdInfo,
 }
 
 /// Examines every descriptor of `pid`; refuses, naming the fd and its kind,
@@ -143,30 +270,24 @@ pub fn examine_fds(pid: i32) -> Result<Vec<ExaminedFd>> {
         let target = fdinfo::classify_link(&link);
         let proc_path = format!("/proc/{pid}/fd/{fd}");
         let meta = std::fs::metadata(&proc_path).ok();
-        let path = match (&target, &meta) {
-            (
-                FdTarget::Path {
-                    path,
-                    deleted: false,
-                },
-                Some(m),
-            ) if supported(m) => PathBuf::from(path),
-            _ => {
-                return Err(Error::UnsupportedFd {
-                    pid,
-                    fd,
-                    kind: kind_of(&target, meta.as_ref()),
-                    target: link,
-                })
-            }
+        let Some((object, meta)) = meta
+            .as_ref()
+            .and_then(|m| classify(&target, m))
+            .zip(meta.clone())
+        else {
+            return Err(Error::UnsupportedFd {
+                pid,
+                fd,
+                kind: kind_of(&target, meta.as_ref()),
+                target: link,
+            });
         };
         let info = fdinfo::read_fdinfo(pid, fd)?;
         out.push(ExaminedFd(OpenFd {
             fd,
-            path,
-            meta: meta.expect("checked above"),
-            flags: info.flags,
-            pos: info.pos,
+            object,
+            meta,
+            info,
         }));
     }
     Ok(out)
@@ -190,12 +311,12 @@ pub fn dump_fds(
             .iter()
             .find(|(other, d, i, _)| *d == dev && *i == ino && same_file(pid, *other, f.fd))
             .map(|(_, _, _, id)| *id);
-        let cloexec = f.flags & libc::O_CLOEXEC as u32 != 0;
+        let cloexec = f.info.flags & libc::O_CLOEXEC as u32 != 0;
         let id = match shared {
             Some(id) => id,
             None => {
-                let flags = f.flags & !(libc::O_CLOEXEC as u32);
-                let id = files.add(reg_file(&f.path, flags, f.pos, &f.meta));
+                let kind = dump_object(pid, &f, files)?;
+                let id = files.add(kind);
                 seen.push((f.fd, dev, ino, id));
                 id
             }
@@ -209,10 +330,211 @@ pub fn dump_fds(
     Ok(out)
 }
 
+/// Stores one open file description, by kind.
+fn dump_object(pid: i32, f: &OpenFd, files: &mut FileTableBuilder) -> Result<Kind> {
+    let flags = f.info.flags & !(libc::O_CLOEXEC as u32);
+    Ok(match &f.object {
+        Object::Path(path) => Kind::Reg(reg_file(path, flags, f.info.pos, &f.meta)),
+        Object::Pipe { fifo } => {
+            let pipe_id = files.pipes.id(&f.meta, |id| {
+                pipe::dump_pipe(pid, f.fd, id, fifo.as_deref())
+            })?;
+            Kind::Pipe(pb::PipeEnd { pipe_id, flags })
+        }
+        Object::EventFd => Kind::Eventfd(eventfd::dump_eventfd(pid, f.fd, &f.info, flags)?),
+        Object::SignalFd => Kind::Signalfd(signalfd::dump_signalfd(pid, f.fd, &f.info, flags)?),
+        Object::TimerFd => Kind::Timerfd(timerfd::dump_timerfd(pid, f.fd, &f.info, flags)?),
+        Object::Epoll => Kind::Epoll(epoll::dump_epoll(pid, f.fd, &f.info, flags)?),
+        Object::MemFd(name) => {
+            let memfd_id = files
+                .memfds
+                .id(&f.meta, |id| memfd::dump_memfd(pid, f.fd, id, name))?;
+            Kind::Memfd(pb::MemFdFile {
+                memfd_id,
+                flags,
+                pos: f.info.pos,
+            })
+        }
+        Object::Deleted(path) => {
+            let deleted_id = files
+                .deleted
+                .id(&f.meta, |id| deleted::dump_deleted(pid, f.fd, id, path))?;
+            Kind::Deleted(pb::DeletedOpen {
+                deleted_id,
+                flags,
+                pos: f.info.pos,
+            })
+        }
+    })
+}
+
 fn same_file(pid: i32, fd1: i32, fd2: i32) -> bool {
     // SAFETY: kcmp only compares kernel objects of a process we trace.
     let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, fd1, fd2) };
     ret == 0
+}
+
+/// Creates, in rcr, one descriptor per open file description the tasks'
+/// descriptors refer to (each id once, however many tasks share it, in the
+/// order of `tasks`). Each task's epoll instances come last, once every
+/// descriptor they watch exists, registered as that task's fd table says.
+pub fn open_task_files(table: &pb::FileTable, tasks: &[&[pb::Fd]]) -> Result<Vec<(u32, OwnedFd)>> {
+    let mut pipes = Made::new(&table.pipes, |p| p.id, pipe::make_pipe);
+    let mut memfds = Made::new(&table.memfds, |m| m.id, memfd::make_memfd);
+    let mut deleted = Made::new(&table.deleted, |d| d.id, deleted::make_deleted);
+    let mut opened: Vec<(u32, OwnedFd)> = Vec::new();
+    let mut epolls: Vec<(u32, &pb::Epoll)> = Vec::new();
+    for fds in tasks {
+        let first_epoll = epolls.len();
+        open_one_task(
+            table,
+            fds,
+            &mut pipes,
+            &mut memfds,
+            &mut deleted,
+            &mut opened,
+            &mut epolls,
+        )?;
+        let made = epoll::restore_epolls(&epolls[first_epoll..], fds, &opened)?;
+        opened.extend(made);
+    }
+    Ok(opened)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn open_one_task<'a>(
+    table: &'a pb::FileTable,
+    fds: &[pb::Fd],
+    pipes: &mut Made<'a, pb::Pipe>,
+    memfds: &mut Made<'a, pb::MemFd>,
+    deleted: &mut Made<'a, pb::DeletedFile>,
+    opened: &mut Vec<(u32, OwnedFd)>,
+    epolls: &mut Vec<(u32, &'a pb::Epoll)>,
+) -> Result<()> {
+    for fd in fds {
+        if opened.iter().any(|(id, _)| *id == fd.file_id)
+            || epolls.iter().any(|(id, _)| *id == fd.file_id)
+        {
+            continue;
+        }
+        let kind = file_by_id(table, fd.file_id).expect("checked at load");
+        let source = match kind {
+            Kind::Reg(reg) => open_saved(reg)?,
+            Kind::Pipe(end) => pipe::open_end(pipes.get(end.pipe_id)?, end)?,
+            Kind::Eventfd(e) => eventfd::restore_eventfd(e)?,
+            Kind::Signalfd(s) => signalfd::restore_signalfd(s)?,
+            Kind::Timerfd(t) => timerfd::restore_timerfd(t)?,
+            Kind::Memfd(m) => reopen_at(memfds.get(m.memfd_id)?, m.flags, m.pos)?,
+            Kind::Deleted(d) => reopen_at(deleted.get(d.deleted_id)?, d.flags, d.pos)?,
+            Kind::Epoll(e) => {
+                epolls.push((fd.file_id, e));
+                continue;
+            }
+        };
+        opened.push((fd.file_id, source));
+    }
+    Ok(())
+}
+
+/// Cross-references of the table a restore relies on: each pipe end names a
+/// stored pipe, each epoll registration a descriptor of the task.
+pub fn check_table(table: &pb::FileTable, fds: &[pb::Fd]) -> std::result::Result<(), String> {
+    for f in &table.files {
+        match &f.kind {
+            Some(Kind::Pipe(end)) if !table.pipes.iter().any(|p| p.id == end.pipe_id) => {
+                return Err(format!(
+                    "file {} is an end of pipe {} which is not stored",
+                    f.id, end.pipe_id
+                ))
+            }
+            Some(Kind::Memfd(m)) if !table.memfds.iter().any(|s| s.id == m.memfd_id) => {
+                return Err(format!(
+                    "file {} opens memfd {} which is not stored",
+                    f.id, m.memfd_id
+                ))
+            }
+            Some(Kind::Deleted(d)) if !table.deleted.iter().any(|s| s.id == d.deleted_id) => {
+                return Err(format!(
+                    "file {} opens deleted file {} which is not stored",
+                    f.id, d.deleted_id
+                ))
+            }
+            Some(Kind::Epoll(e)) => {
+                if let Some(t) = e.targets.iter().find(|t| !fds.iter().any(|d| d.fd == t.fd)) {
+                    return Err(format!(
+                        "epoll file {} watches fd {} which is not stored",
+                        f.id, t.fd
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Opens `/proc/self/fd/FD` with `flags`: a new open file description of
+/// the same object (pipe, FIFO, memfd), O_CLOEXEC added.
+pub(crate) fn reopen(fd: &OwnedFd, flags: u32) -> Result<OwnedFd> {
+    let path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL");
+    let flags = (flags as i32 & !OPEN_ONLY_FLAGS) | libc::O_CLOEXEC;
+    // SAFETY: open with a valid C string; the result is checked.
+    let raw = unsafe { libc::open(path.as_ptr(), flags) };
+    owned(raw, "reopening a descriptor")
+}
+
+/// [`reopen`], then the saved offset: the task's own open file description
+/// of a file made in rcr (memfd, deleted file).
+fn reopen_at(fd: &OwnedFd, flags: u32, pos: u64) -> Result<OwnedFd> {
+    let fd = reopen(fd, flags)?;
+    // SAFETY: lseek on our own descriptor.
+    let ret = unsafe { libc::lseek(fd.as_raw_fd(), pos as i64, libc::SEEK_SET) };
+    check(ret, "setting a file offset")?;
+    Ok(fd)
+}
+
+/// Takes ownership of a descriptor a syscall returned, or names the failure.
+pub(crate) fn owned(raw: i32, what: &str) -> Result<OwnedFd> {
+    if raw < 0 {
+        return Err(restore_err(what));
+    }
+    // SAFETY: a descriptor a syscall just created for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A failed restore-side syscall, with errno, as a preflight error.
+pub(crate) fn restore_err(what: &str) -> Error {
+    Error::Preflight(format!("{what}: {}", std::io::Error::last_os_error()))
+}
+
+/// Checks a restore-side syscall's return value.
+pub(crate) fn check(ret: i64, what: &str) -> Result<i64> {
+    if ret < 0 {
+        return Err(restore_err(what));
+    }
+    Ok(ret)
+}
+
+/// Opens `/proc/PID/fd/FD` in rcr with `flags`: rcr's own handle on the
+/// task's object, to read its state without touching the task's descriptor.
+pub(crate) fn open_task_fd(pid: i32, fd: i32, flags: i32) -> Result<OwnedFd> {
+    let path = format!("/proc/{pid}/fd/{fd}");
+    let cpath = CString::new(path.as_str()).expect("no NUL");
+    // SAFETY: open with a valid C string; the result is checked.
+    let raw = unsafe { libc::open(cpath.as_ptr(), flags | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(Error::io(path, std::io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor we just opened and own.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A kind-specific fdinfo line that is missing or malformed.
+pub(crate) fn bad_fdinfo(pid: i32, fd: i32, what: &str) -> Error {
+    Error::Unsupported {
+        pid,
+        what: format!("fd {fd} whose fdinfo has no readable {what}"),
+    }
 }
 
 /// Opens a saved file the way the task had it: same flags, same offset.
@@ -272,13 +594,21 @@ pub fn is_own_exe(file: &pb::RegFile) -> bool {
     std::fs::metadata("/proc/self/exe").is_ok_and(|m| m.dev() == file.dev && m.ino() == file.ino)
 }
 
-/// The saved regular file with this id.
-pub fn reg_by_id(table: &pb::FileTable, id: u32) -> Option<&pb::RegFile> {
+/// The saved file of any kind with this id.
+pub fn file_by_id(table: &pb::FileTable, id: u32) -> Option<&Kind> {
     table
         .files
         .iter()
         .find(|f| f.id == id)
-        .and_then(|f| f.kind.as_ref().map(|Kind::Reg(r)| r))
+        .and_then(|f| f.kind.as_ref())
+}
+
+/// The saved regular file with this id.
+pub fn reg_by_id(table: &pb::FileTable, id: u32) -> Option<&pb::RegFile> {
+    match file_by_id(table, id) {
+        Some(Kind::Reg(r)) => Some(r),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,20 @@
 //! One module per kernel object, each with its dump and its restore side by side.
 
+pub mod deleted;
+pub mod epoll;
+pub mod eventfd;
 pub mod files;
 pub mod fs_context;
+pub mod memfd;
 pub mod memory;
 pub mod mm_fields;
+pub mod pipe;
 pub mod pstree;
 pub mod rlimits;
 pub mod shmem;
+pub mod signalfd;
 pub mod signals;
 pub mod thread;
+pub mod timerfd;
 pub mod timers;
 pub mod vdso;

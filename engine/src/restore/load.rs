@@ -71,6 +71,12 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         };
         processes.push(Process { entry, images });
     }
+    let all_fds: Vec<pb::Fd> = processes
+        .iter()
+        .filter_map(|p| p.images.as_ref())
+        .flat_map(|i| i.fs.fds.iter().cloned())
+        .collect();
+    files::check_table(&files, &all_fds).map_err(invalid)?;
     Ok(Checkpoint {
         inventory,
         processes,
@@ -131,7 +137,7 @@ fn check_references(
         if fd.fd < 0 || !seen.insert(fd.fd) {
             return Err(format!("fd {} is negative or stored twice", fd.fd));
         }
-        if !has(fd.file_id) {
+        if files::file_by_id(files, fd.file_id).is_none() {
             return Err(format!(
                 "fd {} refers to file id {} which is not stored",
                 fd.fd, fd.file_id

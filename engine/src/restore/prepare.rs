@@ -87,24 +87,27 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         blocks.push(Some((start..next_fd, block)));
     }
 
-    // Sources of the task descriptors: one per file id across the tree.
+    // Sources of the task descriptors: one per file id across the tree,
+    // so that what processes share stays shared.
+    let task_fds: Vec<&[pb::Fd]> = c
+        .processes
+        .iter()
+        .filter_map(|p| p.images.as_ref())
+        .map(|i| i.fs.fds.as_slice())
+        .collect();
     let mut source_of: BTreeMap<u32, i32> = BTreeMap::new();
+    for (id, fd) in files::open_task_files(&c.files, &task_fds)? {
+        let placed = renumber(vec![fd], next_fd, false)?;
+        source_of.insert(id, placed[0].as_raw_fd());
+        next_fd = placed[0].as_raw_fd() + 1;
+        held.extend(placed);
+    }
     let mut cwd_of = Vec::new();
     for p in &c.processes {
         let Some(images) = &p.images else {
             cwd_of.push(-1);
             continue;
         };
-        for fd in &images.fs.fds {
-            if source_of.contains_key(&fd.file_id) {
-                continue;
-            }
-            let reg = files::reg_by_id(&c.files, fd.file_id).expect("checked at load");
-            let placed = renumber(vec![files::open_saved(reg)?], next_fd, false)?;
-            source_of.insert(fd.file_id, placed[0].as_raw_fd());
-            next_fd = placed[0].as_raw_fd() + 1;
-            held.extend(placed);
-        }
         let placed = renumber(vec![fs_context::open_cwd(&images.fs.cwd)?], next_fd, false)?;
         cwd_of.push(placed[0].as_raw_fd());
         next_fd = placed[0].as_raw_fd() + 1;

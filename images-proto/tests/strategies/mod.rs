@@ -255,7 +255,10 @@ pub fn file_table() -> impl Strategy<Value = pb::FileTable> {
             id,
             kind: reg.map(pb::file_entry::Kind::Reg),
         });
-    vec(entry, 0..6).prop_map(|files| pb::FileTable { files })
+    vec(entry, 0..6).prop_map(|files| pb::FileTable {
+        files,
+        ..Default::default()
+    })
 }
 
 pub fn fs_state() -> impl Strategy<Value = pb::FsState> {

@@ -1,34 +1,80 @@
-//! Holds an eventfd at fd 9 (with a count of 5): rcr must refuse to dump it
-//! and leave the workload untouched, which the check proves.
+//! eventfds across a checkpoint: a semaphore eventfd at fd 9 (count 5,
+//! O_NONBLOCK) and a plain one at fd 10 whose count needs more than 32
+//! bits. After restore: flags, semaphore mode, counts, and both still count.
 
-use rcr_tests::workload::{self, last_err, Args, Verdict};
+use rcr_tests::fdops::{fdinfo_value, place, status_flags, sys};
+use rcr_tests::workload::{self, Args, Verdict};
 
-/// The fd the refusal message must name.
-const EVENTFD: i32 = 9;
-const COUNT: u64 = 5;
+const SEM: i32 = 9;
+const PLAIN: i32 = 10;
+const SEM_COUNT: u32 = 5;
+const PLAIN_COUNT: u64 = 0x1_0000_0005;
+
+fn eventfd(count: u64, flags: i32, at: i32) -> Result<(), String> {
+    // SAFETY: eventfd takes plain integers.
+    let fd = sys(unsafe { libc::eventfd(0, flags) } as i64, "eventfd")? as i32;
+    write_count(fd, count)?;
+    place(fd, at, 0)
+}
+
+fn write_count(fd: i32, count: u64) -> Result<(), String> {
+    // SAFETY: writes 8 bytes from a u64 we own.
+    let n = unsafe { libc::write(fd, (&count as *const u64).cast(), 8) };
+    sys(n as i64, &format!("write eventfd {fd}"))?;
+    Ok(())
+}
+
+fn read_count(fd: i32) -> Result<u64, String> {
+    let mut count = 0u64;
+    // SAFETY: reads 8 bytes into a u64 we own.
+    let n = unsafe { libc::read(fd, (&mut count as *mut u64).cast(), 8) };
+    sys(n as i64, &format!("read eventfd {fd}"))?;
+    Ok(count)
+}
+
+fn build() -> Result<(), String> {
+    eventfd(
+        SEM_COUNT.into(),
+        libc::EFD_SEMAPHORE | libc::EFD_NONBLOCK,
+        SEM,
+    )?;
+    eventfd(PLAIN_COUNT, 0, PLAIN)
+}
+
+fn check(v: &mut Verdict) -> Result<(), String> {
+    v.eq(
+        "fd 9 flags",
+        status_flags(SEM)?,
+        libc::O_RDWR | libc::O_NONBLOCK,
+    );
+    v.eq("fd 10 flags", status_flags(PLAIN)?, libc::O_RDWR);
+    v.eq(
+        "fd 9 eventfd-semaphore",
+        fdinfo_value(SEM, "eventfd-semaphore")?,
+        "1".to_owned(),
+    );
+    v.eq("semaphore read", read_count(SEM)?, 1);
+    v.eq(
+        "semaphore count after one read",
+        fdinfo_value(SEM, "eventfd-count")?,
+        format!("{:x}", SEM_COUNT - 1),
+    );
+    v.eq("plain read", read_count(PLAIN)?, PLAIN_COUNT);
+    write_count(PLAIN, 3)?;
+    v.eq("plain read after a write", read_count(PLAIN)?, 3);
+    Ok(())
+}
 
 fn main() {
     let args = Args::init();
-    // SAFETY: eventfd and dup2 take plain integers; the old fd is closed
-    // once it has been duplicated to the fixed number.
-    let ok = unsafe {
-        let fd = libc::eventfd(COUNT as u32, libc::EFD_NONBLOCK);
-        fd >= 0 && libc::dup2(fd, EVENTFD) == EVENTFD && libc::close(fd) == 0
-    };
-    if !ok {
-        args.fail_early(&format!("eventfd at fd {EVENTFD}: {}", last_err()));
+    if let Err(e) = build() {
+        args.fail_early(&e);
     }
     args.signal_ready();
     workload::wait_for_wake();
-
     let mut v = Verdict::new();
-    let mut count = 0u64;
-    // SAFETY: reads 8 bytes into a u64 we own.
-    let n = unsafe { libc::read(EVENTFD, (&mut count as *mut u64).cast(), 8) };
-    if n == 8 {
-        v.eq("eventfd count", count, COUNT);
-    } else {
-        v.fail(format!("read eventfd fd {EVENTFD}: {n} ({})", last_err()));
+    if let Err(e) = check(&mut v) {
+        v.fail(e);
     }
     args.finish(v)
 }

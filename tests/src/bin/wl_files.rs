@@ -9,9 +9,9 @@
 //! each fd is used to show it still behaves as before. Files are left as
 //! they were, so the check can run twice on one image.
 
+use rcr_tests::fdops::{open, place, read_fd, seek, sys, write_fd};
 use rcr_tests::pattern;
-use rcr_tests::workload::{self, last_err, Args, Verdict};
-use std::ffi::CString;
+use rcr_tests::workload::{self, Args, Verdict};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -48,64 +48,6 @@ fn content(seed: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     pattern::fill(&mut v, seed, 0);
     v
-}
-
-fn sys(rc: i64, what: &str) -> Result<i64, String> {
-    if rc < 0 {
-        return Err(format!("{what}: {}", last_err()));
-    }
-    Ok(rc)
-}
-
-fn open(path: &str, flags: i32) -> Result<i32, String> {
-    let c = CString::new(path).map_err(|e| e.to_string())?;
-    // SAFETY: open with a NUL-terminated path and a mode for O_CREAT.
-    let fd = unsafe { libc::open(c.as_ptr(), flags, 0o644) };
-    Ok(sys(fd as i64, &format!("open {path}"))? as i32)
-}
-
-/// Moves `fd` to number `target` (with `flags`, e.g. O_CLOEXEC).
-fn place(fd: i32, target: i32, flags: i32) -> Result<(), String> {
-    if fd == target {
-        let fd_flags = if flags & libc::O_CLOEXEC != 0 {
-            libc::FD_CLOEXEC
-        } else {
-            0
-        };
-        // SAFETY: fcntl on an fd we own.
-        sys(
-            unsafe { libc::fcntl(fd, libc::F_SETFD, fd_flags) } as i64,
-            "F_SETFD",
-        )?;
-        return Ok(());
-    }
-    // SAFETY: dup3 onto a number we chose, then close the original, both ours.
-    unsafe {
-        sys(
-            libc::dup3(fd, target, flags) as i64,
-            &format!("dup3 to {target}"),
-        )?;
-        libc::close(fd);
-    }
-    Ok(())
-}
-
-fn seek(fd: i32, off: i64, whence: i32) -> i64 {
-    // SAFETY: lseek on an fd number; a bad fd gives -1.
-    unsafe { libc::lseek(fd, off, whence) }
-}
-
-fn write_fd(fd: i32, data: &[u8]) -> isize {
-    // SAFETY: writes from a slice we own.
-    unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) }
-}
-
-fn read_fd(fd: i32, len: usize) -> Result<Vec<u8>, String> {
-    let mut buf = vec![0u8; len];
-    // SAFETY: reads into a buffer of `len` bytes we own.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), len) };
-    buf.truncate(sys(n as i64, &format!("read fd {fd}"))? as usize);
-    Ok(buf)
 }
 
 fn rlimit(res: u32) -> (u64, u64) {

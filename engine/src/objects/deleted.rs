@@ -1,0 +1,74 @@
+//! Regular files deleted while open, dump and restore side by side: the
+//! content is saved (once per file, however many open files refer to it);
+//! restore creates the file again at its old path (or, when that name is
+//! taken, under a new name in the same directory), fills it in and unlinks
+//! it, so the task again holds a deleted file with that content.
+
+use super::files::{open_task_fd, owned};
+use crate::error::{Error, Result};
+use rcr_images::pb;
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+/// The largest deleted file whose content rcr keeps in `files.img`.
+const MAX_SIZE: u64 = 64 << 20;
+
+/// Reads deleted file `id` through `pid`'s fd `fd`.
+pub fn dump_deleted(pid: i32, fd: i32, id: u32, path: &Path) -> Result<pb::DeletedFile> {
+    let proc_path = format!("/proc/{pid}/fd/{fd}");
+    let file = std::fs::File::from(open_task_fd(pid, fd, libc::O_RDONLY)?);
+    let meta = file.metadata().map_err(|e| Error::io(&proc_path, e))?;
+    if meta.len() > MAX_SIZE {
+        return Err(Error::Unsupported {
+            pid,
+            what: format!(
+                "fd {fd}: a deleted file of {} bytes (more than {MAX_SIZE})",
+                meta.len()
+            ),
+        });
+    }
+    let mut data = vec![0u8; meta.len() as usize];
+    file.read_exact_at(&mut data, 0)
+        .map_err(|e| Error::io(&proc_path, e))?;
+    Ok(pb::DeletedFile {
+        id,
+        path: path.to_string_lossy().into_owned(),
+        mode: meta.mode() & 0o7777,
+        data,
+    })
+}
+
+/// Creates the file with its content and unlinks it; the descriptor is
+/// open for reading and writing.
+pub fn make_deleted(d: &pb::DeletedFile) -> Result<OwnedFd> {
+    let path = Path::new(&d.path);
+    let created = [path.to_path_buf()]
+        .into_iter()
+        .chain(
+            (0..100)
+                .map(|i| path.with_file_name(format!(".rcr-deleted-{}-{i}", std::process::id()))),
+        )
+        .find_map(|p| create_new(&p, d.mode).map(|fd| (p, fd)));
+    let Some((at, fd)) = created else {
+        return Err(Error::Preflight(format!(
+            "cannot create the deleted file {} again: {}",
+            d.path,
+            std::io::Error::last_os_error()
+        )));
+    };
+    std::fs::remove_file(&at).map_err(|e| Error::io(&at, e))?;
+    let file = std::fs::File::from(fd);
+    file.write_all_at(&d.data, 0)
+        .map_err(|e| Error::io(&d.path, e))?;
+    Ok(file.into())
+}
+
+fn create_new(path: &Path, mode: u32) -> Option<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+    // SAFETY: open with a valid C string and a mode; the result is checked.
+    let raw = unsafe { libc::open(c.as_ptr(), flags, mode as libc::c_uint) };
+    owned(raw, "creating a deleted file").ok()
+}
