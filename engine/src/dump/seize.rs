@@ -28,7 +28,7 @@ pub struct Seized {
 /// A process of the tree: seized, or a zombie waiting for its parent.
 pub enum Member {
     Live(Seized),
-    Zombie(Stat),
+    Zombie(Box<Stat>),
 }
 
 impl Member {
@@ -70,13 +70,13 @@ pub fn seize_tree(root: i32) -> Result<SeizedTree> {
 fn seize_child(pid: i32) -> Result<Member> {
     let st = stat::read_stat(pid)?;
     if st.state == 'Z' {
-        return Ok(Member::Zombie(st));
+        return Ok(Member::Zombie(Box::new(st)));
     }
     match seize(pid) {
         Ok(s) => Ok(Member::Live(s)),
         // It exited since the listing; its parent is stopped and cannot reap it.
         Err(e) => match stat::read_stat(pid) {
-            Ok(st) if st.state == 'Z' => Ok(Member::Zombie(st)),
+            Ok(st) if st.state == 'Z' => Ok(Member::Zombie(Box::new(st))),
             _ => Err(e),
         },
     }
