@@ -73,6 +73,20 @@ pub fn syscall_restart(regs: &UserRegs) -> UserRegs {
     out
 }
 
+/// Whether `regs` are those of a thread interrupted in a syscall that the
+/// kernel restarts unless a signal handler runs first (`ERESTARTSYS`,
+/// `ERESTARTNOINTR`, `ERESTARTNOHAND`). Such a thread is released inside
+/// its re-executed syscall, or with these registers when a signal comes
+/// first, so the kernel decides between restart and `EINTR` as it would
+/// have without the checkpoint.
+pub fn interrupted_restartable(regs: &UserRegs) -> bool {
+    (regs.orig_rax as i64) >= 0
+        && matches!(
+            -(regs.rax as i64),
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

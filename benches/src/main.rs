@@ -6,16 +6,19 @@
 //! `rcr-bench [--mib N] [--runs R] [--dir DIR]` (defaults: 1024 MiB, 3 runs,
 //! a directory under /tmp). `rcr-bench --trees [--runs R] [--dir DIR]`
 //! measures trees of 1 to 16 processes and a 64-thread process instead.
-//! `--workload`, `--tree-workload` and `--thread-workload` are the workloads.
+//! `--tree-workload N MIB` and `--thread-workload N` are the workloads.
 
 mod tree;
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 pub(crate) const MIB: usize = 1 << 20;
+
+/// The word every workload keeps at index `i` of its memory.
+pub(crate) fn pattern(i: usize) -> u64 {
+    (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -25,9 +28,6 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    if let Some(mib) = flag("--workload") {
-        workload(mib.parse().expect("--workload MiB"));
-    }
     let number = |i: usize| -> usize {
         args.get(i)
             .and_then(|s| s.parse().ok())
@@ -50,10 +50,10 @@ fn main() {
     let mut results = Vec::new();
     for run in 0..runs {
         let dir = base.join(format!("rcr-bench-{}-{run}", std::process::id()));
-        results.push(one_run(mib, &dir));
-        let _ = std::fs::remove_dir_all(&dir);
+        let args = ["--tree-workload".into(), "1".into(), mib.to_string()];
+        results.push(tree::round_trip(&args, &dir));
     }
-    let median = |f: fn(&RunResult) -> f64| {
+    let median = |f: fn(&tree::RoundTrip) -> f64| {
         let mut v: Vec<f64> = results.iter().map(f).collect();
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
@@ -106,6 +106,7 @@ fn main() {
 
 /// Restore and dump latency of trees and of a many-threaded process.
 fn trees(runs: usize, base: &std::path::Path) {
+    tree::become_subreaper();
     let memcpy = memcpy_gbps(256);
     println!("rcr benchmark: trees and threads, median of {runs}; memcpy {memcpy:.2} GB/s");
     println!("{:<34}{:>12}{:>12}", "workload", "dump", "restore");
@@ -128,9 +129,9 @@ fn trees(runs: usize, base: &std::path::Path) {
         let mut restores = Vec::new();
         for run in 0..runs {
             let dir = base.join(format!("rcr-bench-tree-{}-{run}", std::process::id()));
-            let (d, r) = tree::round_trip(&args, &dir);
-            dumps.push(d);
-            restores.push(r);
+            let r = tree::round_trip(&args, &dir);
+            dumps.push(r.dump_s);
+            restores.push(r.restore_s);
         }
         let median = |v: &mut Vec<f64>| {
             v.sort_by(|a, b| a.total_cmp(b));
@@ -148,104 +149,6 @@ fn trees(runs: usize, base: &std::path::Path) {
         "{}",
         serde_json::json!({"memcpy_gbps": memcpy, "pid_strategy": "clone3 set_tid", "trees": rows})
     );
-}
-
-struct RunResult {
-    dump_s: f64,
-    restore_s: f64,
-    freeze_s: f64,
-    image_bytes: u64,
-}
-
-fn one_run(mib: usize, dir: &std::path::Path) -> RunResult {
-    let exe = std::env::current_exe().expect("own path");
-    let mut child = Command::new(exe)
-        .args(["--workload", &mib.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start workload");
-    let pid = child.id() as i32;
-    // The workload's stdout is a pipe, which cannot be checkpointed yet: it
-    // says ready, then swaps it for /dev/null; end of file means both happened.
-    let mut ready = Vec::new();
-    child
-        .stdout
-        .take()
-        .expect("piped")
-        .read_to_end(&mut ready)
-        .expect("workload ready");
-    assert_eq!(ready, b"ready\n", "workload did not start");
-    let t = Instant::now();
-    let stats = rcr_engine::dump(&rcr_engine::DumpOptions {
-        pid,
-        dir: dir.to_path_buf(),
-        leave_running: false,
-    })
-    .unwrap_or_else(|e| panic!("dump: {e}"));
-    let dump_s = t.elapsed().as_secs_f64();
-    // The engine, as tracer and here also parent, may have reaped it already.
-    let _ = child.wait();
-    let t = Instant::now();
-    let restored = rcr_engine::restore(&rcr_engine::RestoreOptions {
-        dir: dir.to_path_buf(),
-    })
-    .unwrap_or_else(|e| panic!("restore: {e}"));
-    let restore_s = t.elapsed().as_secs_f64();
-    // SAFETY: signals the process we just restored (our child again).
-    unsafe { libc::kill(restored.pid, libc::SIGUSR1) };
-    let mut status = 0;
-    // SAFETY: reaps our own child.
-    unsafe { libc::waitpid(restored.pid, &mut status, 0) };
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "the restored workload found its memory changed (status {status:#x})"
-    );
-    RunResult {
-        dump_s,
-        restore_s,
-        freeze_s: stats.freeze_seconds,
-        image_bytes: stats.image_bytes,
-    }
-}
-
-static GO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_usr1(_: libc::c_int) {
-    GO.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-pub(crate) fn pattern(i: usize) -> u64 {
-    (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed
-}
-
-/// Fills `mib` MiB with a pattern, says "ready\n", waits for SIGUSR1, then
-/// exits 0 if every word is still right.
-fn workload(mib: usize) -> ! {
-    // Descriptors inherited from whoever started the benchmark are not
-    // part of the workload.
-    // SAFETY: closes descriptors this process does not use.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    let words = mib * MIB / 8;
-    let mut mem: Vec<u64> = (0..words).map(pattern).collect();
-    // SAFETY: installs a handler that only stores to an atomic.
-    unsafe { libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t) };
-    std::io::stdout().write_all(b"ready\n").expect("say ready");
-    let null = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/null")
-        .expect("/dev/null");
-    // SAFETY: replaces fd 1 with /dev/null.
-    unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) };
-    drop(null);
-    while !GO.load(std::sync::atomic::Ordering::SeqCst) {
-        // SAFETY: pause just waits for a signal.
-        unsafe { libc::pause() };
-    }
-    let ok = mem.iter().enumerate().all(|(i, &w)| w == pattern(i));
-    mem.clear();
-    std::process::exit(if ok { 0 } else { 1 });
 }
 
 /// memcpy into an already-faulted destination, GB/s.

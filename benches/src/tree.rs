@@ -139,9 +139,31 @@ pub fn thread_workload(threads: usize) -> ! {
     std::process::exit(if count() == threads + 1 { 0 } else { 1 });
 }
 
-/// One dump and restore of a workload started with `args`: (dump, restore)
-/// seconds. Panics if the restored workload finds its state changed.
-pub fn round_trip(args: &[String], dir: &std::path::Path) -> (f64, f64) {
+/// Makes the benchmark the reaper of its workloads' orphans, so that their
+/// pids are free again right after a dump (see [`reap_orphans`]).
+pub fn become_subreaper() {
+    // SAFETY: a prctl on ourselves.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+/// Reaps the killed tree's processes, which were reparented to us.
+fn reap_orphans() {
+    // SAFETY: reaps our own (adopted) children until none is left.
+    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::__WALL) } > 0 {}
+}
+
+/// What one dump and restore took.
+pub struct RoundTrip {
+    pub dump_s: f64,
+    pub restore_s: f64,
+    pub freeze_s: f64,
+    pub image_bytes: u64,
+}
+
+/// One dump and restore of a workload started with `args` (it says ready on
+/// stdout, and checks its state when woken by SIGUSR1). Panics if the
+/// restored workload finds its state changed.
+pub fn round_trip(args: &[String], dir: &std::path::Path) -> RoundTrip {
     let exe = std::env::current_exe().expect("own path");
     let mut child = Command::new(exe)
         .args(args)
@@ -160,7 +182,7 @@ pub fn round_trip(args: &[String], dir: &std::path::Path) -> (f64, f64) {
         .expect("workload ready");
     assert_eq!(ready, b"ready\n", "workload {args:?} did not start");
     let t = Instant::now();
-    rcr_engine::dump(&rcr_engine::DumpOptions {
+    let stats = rcr_engine::dump(&rcr_engine::DumpOptions {
         pid,
         dir: dir.to_path_buf(),
         leave_running: false,
@@ -168,6 +190,7 @@ pub fn round_trip(args: &[String], dir: &std::path::Path) -> (f64, f64) {
     .unwrap_or_else(|e| panic!("dump {args:?}: {e}"));
     let dump_s = t.elapsed().as_secs_f64();
     let _ = child.wait();
+    reap_orphans();
     let t = Instant::now();
     let restored = rcr_engine::restore(&rcr_engine::RestoreOptions {
         dir: dir.to_path_buf(),
@@ -185,5 +208,10 @@ pub fn round_trip(args: &[String], dir: &std::path::Path) -> (f64, f64) {
         "the restored workload {args:?} found its state changed (status {status:#x})"
     );
     let _ = std::fs::remove_dir_all(dir);
-    (dump_s, restore_s)
+    RoundTrip {
+        dump_s,
+        restore_s,
+        freeze_s: stats.freeze_seconds,
+        image_bytes: stats.image_bytes,
+    }
 }

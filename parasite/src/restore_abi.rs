@@ -282,6 +282,24 @@ pub struct ThreadArgs {
     pub comm: [u8; 16],
 }
 
+/// `struct clone_args` of `<linux/sched.h>` up to `set_tid_size`
+/// (`CLONE_ARGS_SIZE_VER1`): what the engine and the restorer pass to
+/// `clone3` to create tasks with their saved ids.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+}
+
 /// Maximum number of auxv words kept (the kernel's `saved_auxv` holds fewer).
 pub const AUXV_WORDS: usize = 128;
 
@@ -338,6 +356,12 @@ mod tests {
         assert_eq!(offset_of!(PrctlMmMap, auxv), 88);
         assert_eq!(offset_of!(PrctlMmMap, auxv_size), 96);
         assert_eq!(offset_of!(PrctlMmMap, exe_fd), 100);
+    }
+
+    #[test]
+    fn clone_args_match_uapi() {
+        assert_eq!(size_of::<CloneArgs>(), 80);
+        assert_eq!(offset_of!(CloneArgs, set_tid), 64);
     }
 
     #[test]

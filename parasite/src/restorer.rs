@@ -176,35 +176,16 @@ fn restore_thread(t: &ThreadArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `struct clone_args` of `<linux/sched.h>` up to `set_tid_size`.
-#[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-}
-
 /// Creates thread `t` with its saved tid; it starts in [`thread_main`] on
 /// its own stack in the hole. Signals stay blocked in it as in the leader.
 fn spawn_thread(t: &ThreadArgs) -> Result<(), Failure> {
     let args = CloneArgs {
         flags: CLONE_THREAD_FLAGS,
-        pidfd: 0,
-        child_tid: 0,
-        parent_tid: 0,
-        exit_signal: 0,
         stack: t.stack,
         stack_size: t.stack_size,
-        tls: 0,
         set_tid: &t.tid as *const i32 as u64,
         set_tid_size: 1,
+        ..Default::default()
     };
     let ret: isize;
     // SAFETY: the new thread shares our memory and starts on its own stack,

@@ -11,10 +11,7 @@ use crate::proc::stat::{self, Stat};
 use crate::proc::tasks;
 use crate::ptrace::{self, PtraceError, Stop};
 use nix::errno::Errno;
-use std::time::{Duration, Instant};
-
-/// How long a dump waits for the killed process's parent to reap it.
-const REAP_GRACE: Duration = Duration::from_secs(2);
+use std::time::Instant;
 
 /// A seized process with every thread stopped. Dropping it detaches, so an
 /// error anywhere in a dump leaves the process running as it was.
@@ -98,14 +95,10 @@ impl SeizedTree {
     /// they are gone. Returns the freeze time in seconds.
     pub fn kill(self) -> Result<f64> {
         let frozen = self.frozen_at.elapsed().as_secs_f64();
-        let pids: Vec<i32> = self.members.iter().map(Member::pid).collect();
         for m in self.members {
             if let Member::Live(s) = m {
                 s.kill()?;
             }
-        }
-        for pid in pids {
-            wait_reaped(pid);
         }
         Ok(frozen)
     }
@@ -224,17 +217,6 @@ impl Seized {
             wait_gone(tid)?;
         }
         Ok(())
-    }
-}
-
-/// rcr is the tracer, not the parent: the pid stays taken until the parent
-/// reaps the process. Give it a moment, so that a restore right after the
-/// dump finds the pid free; a parent that never reaps is not waited for.
-fn wait_reaped(pid: i32) {
-    let deadline = Instant::now() + REAP_GRACE;
-    let path = format!("/proc/{pid}");
-    while std::path::Path::new(&path).exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

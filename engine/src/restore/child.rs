@@ -10,7 +10,7 @@
 //! file descriptors, changes into the saved cwd, blocks all signals, maps
 //! the prepared hole and jumps into the restorer.
 
-use rcr_parasite::restore_abi::{trap_failed, RseqConf, Step, TRAP_ACK};
+use rcr_parasite::restore_abi::{trap_failed, CloneArgs, RseqConf, Step, TRAP_ACK};
 use std::arch::asm;
 
 /// A command from rcr to a task, read from the task's own pipe.
@@ -101,20 +101,26 @@ pub fn run_root(plans: &[ChildPlan]) -> ! {
     serve(plans, 0, rseq)
 }
 
-/// `struct clone_args` up to `set_tid_size`.
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
+/// A fork by `clone3` whose child gets pid `pid` and sends `exit_signal`
+/// to its parent when it ends. Returns as fork does: 0 in the child, the
+/// pid in the parent, -1 with errno set.
+pub fn fork_with_pid(pid: i32, exit_signal: i32) -> libc::c_long {
+    let set_tid = [pid];
+    let args = CloneArgs {
+        exit_signal: exit_signal as u64,
+        set_tid: set_tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM is a fork: the child has its own copy
+    // of this memory and stack; the kernel reads `args` and `set_tid` only.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    }
 }
 
 /// Serves rcr's commands as task `me`; a forked child serves its own.
@@ -154,20 +160,8 @@ fn serve(plans: &[ChildPlan], me: usize, rseq: RseqConf) -> ! {
                 }
                 op::FORK => {
                     let child = cmd.arg as usize;
-                    let set_tid = [plans[child].pid];
-                    let args = CloneArgs {
-                        exit_signal: plans[child].exit_signal as u64,
-                        set_tid: set_tid.as_ptr() as u64,
-                        set_tid_size: 1,
-                        ..Default::default()
-                    };
-                    // A fork: the child has its own copy of this stack.
                     let ret = sys(
-                        libc::syscall(
-                            libc::SYS_clone3,
-                            &args as *const CloneArgs,
-                            std::mem::size_of::<CloneArgs>(),
-                        ),
+                        fork_with_pid(plans[child].pid, plans[child].exit_signal),
                         Step::ChildFork,
                     );
                     if ret == 0 {

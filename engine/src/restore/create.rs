@@ -16,25 +16,9 @@ use crate::objects::pstree::TreeStep;
 use crate::ptrace::{self, Stop};
 use crate::restore::child::{self, op, ChildPlan, Command};
 use nix::errno::Errno;
+use rcr_arch::regs::UserRegs;
 use rcr_parasite::restore_abi::{RseqConf, Step, TRAP_ACK, TRAP_FAILED, TRAP_READY};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
-/// `struct clone_args` of `<linux/sched.h>` (CLONE_ARGS_SIZE_VER2).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
 
 /// One process as rcr releases it.
 pub struct Release {
@@ -45,6 +29,9 @@ pub struct Release {
     pub hole: Option<(u64, u64)>,
     /// A zombie's wait status.
     pub exit_code: i32,
+    /// Threads interrupted in a restartable syscall, with their saved
+    /// registers (see [`rcr_arch::regs::interrupted_restartable`]).
+    pub in_syscall: Vec<(i32, UserRegs)>,
 }
 
 /// Kills the processes rcr created unless they were released.
@@ -126,22 +113,9 @@ pub fn create(
         writers.push(w);
     }
     let root = procs[0].pid;
-    let set_tid = [root as libc::pid_t];
-    let args = CloneArgs {
-        exit_signal: plans[0].exit_signal as u64,
-        set_tid: set_tid.as_ptr() as u64,
-        set_tid_size: 1,
-        ..Default::default()
-    };
-    // SAFETY: clone3 without CLONE_VM is a fork: the child gets a copy of our
-    // memory and runs `child::run_root`, which only makes raw syscalls.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+    // The child is a copy of rcr and runs `child::run_root`, which only
+    // makes raw syscalls.
+    let ret = child::fork_with_pid(root, plans[0].exit_signal);
     if ret == 0 {
         child::run_root(plans);
     }
@@ -353,9 +327,36 @@ fn finish(p: &Release, (hole_start, hole_len): (u64, u64)) -> Result<()> {
         });
     }
     for tid in all() {
-        ptrace::detach(tid, 0).map_err(traced(tid))?;
+        match p.in_syscall.iter().find(|(t, _)| *t == tid) {
+            Some((_, saved)) => release_in_syscall(tid, saved)?,
+            None => ptrace::detach(tid, 0).map_err(traced(tid))?,
+        }
     }
     Ok(())
+}
+
+/// Lets a thread that was interrupted in a restartable syscall run into it
+/// again and releases it there. Should a signal come first, the thread gets
+/// its saved registers back and the signal with them, so the kernel restarts
+/// the syscall or fails it with EINTR after the handler, as it would have.
+fn release_in_syscall(tid: i32, saved: &UserRegs) -> Result<()> {
+    loop {
+        ptrace::syscall(tid, 0).map_err(traced(tid))?;
+        match ptrace::wait_stop(tid).map_err(traced(tid))? {
+            Stop::Syscall => return ptrace::detach(tid, 0).map_err(traced(tid)),
+            Stop::Signal(sig) => {
+                ptrace::set_regs(tid, saved).map_err(traced(tid))?;
+                return ptrace::detach(tid, sig).map_err(traced(tid));
+            }
+            Stop::Interrupt | Stop::Group(_) | Stop::Event(_) => {}
+            other => {
+                return Err(Error::RestoreLost {
+                    pid: tid,
+                    what: format!("expected its syscall again, got {other:?}"),
+                })
+            }
+        }
+    }
 }
 
 /// Syscall-enter then syscall-exit of the thread's rt_sigreturn; the

@@ -110,6 +110,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
             threads: p.entry.threads.iter().skip(1).copied().collect(),
             hole: hole.as_ref().map(|h| (h.start, h.image.len() as u64)),
             exit_code: p.entry.exit_code,
+            in_syscall: p.images.as_ref().map_or_else(Vec::new, |i| {
+                i.core
+                    .threads
+                    .iter()
+                    .filter_map(|t| {
+                        let regs = thread::restore_regs(&t.regs?);
+                        rcr_arch::regs::interrupted_restartable(&regs).then_some((t.tid, regs))
+                    })
+                    .collect()
+            }),
         });
     }
     let entries: Vec<_> = ckpt.processes.iter().map(|p| p.entry.clone()).collect();
@@ -232,13 +242,26 @@ fn close_ranges(
     out
 }
 
+/// How long a restore waits for exited processes that still hold a saved
+/// pid to be reaped: after `rcr dump` killed a tree, the killed processes'
+/// parents (or the reaper that adopted them) reap them a moment later.
+const REAP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The saved pid and thread ids must be free; say so before anything is created.
 fn preflight_pids(ids: impl Iterator<Item = i32>) -> Result<()> {
+    let deadline = Instant::now() + REAP_GRACE;
     for pid in ids {
-        // SAFETY: signal 0 only checks for existence (a thread id names its process).
-        let ret = unsafe { libc::kill(pid, 0) };
-        if ret == 0 || nix::errno::Errno::last() != nix::errno::Errno::ESRCH {
-            return Err(Error::pid_taken(pid));
+        loop {
+            // SAFETY: signal 0 only checks for existence (a thread id names its process).
+            let ret = unsafe { libc::kill(pid, 0) };
+            if ret != 0 && nix::errno::Errno::last() == nix::errno::Errno::ESRCH {
+                break;
+            }
+            let zombie = crate::proc::stat::read_stat(pid).is_ok_and(|st| st.state == 'Z');
+            if !zombie || Instant::now() >= deadline {
+                return Err(Error::pid_taken(pid));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
     Ok(())
