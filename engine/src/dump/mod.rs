@@ -78,12 +78,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
 /// the bytes of pages written.
 fn write_tree(tree: &SeizedTree, dir: &ImageDir, opts: &DumpOptions) -> Result<u64> {
     let mut entries = Vec::with_capacity(tree.members.len());
+    let mut live = Vec::with_capacity(tree.members.len());
     for m in &tree.members {
-        let st = stat::read_stat(m.pid())?;
-        entries.push(match m {
-            Member::Live(s) => pstree::dump_entry(&st, s.tids()),
-            Member::Zombie(st) => pstree::dump_zombie(st),
-        });
+        match m {
+            Member::Live(s) => {
+                let st = stat::read_stat(s.pid())?;
+                entries.push(pstree::dump_entry(&st, s.tids()));
+                live.push((s, st));
+            }
+            Member::Zombie(st) => entries.push(pstree::dump_zombie(st)),
+        }
     }
     pstree::check(&entries).map_err(|what| Error::Unsupported {
         pid: opts.pid,
@@ -91,10 +95,8 @@ fn write_tree(tree: &SeizedTree, dir: &ImageDir, opts: &DumpOptions) -> Result<u
     })?;
     let mut file_table = FileTableBuilder::default();
     let mut pages_bytes = 0;
-    for m in &tree.members {
-        if let Member::Live(s) = m {
-            pages_bytes += dump_process(s.pid(), s.tids(), dir, &mut file_table)?;
-        }
+    for (s, st) in &live {
+        pages_bytes += dump_process(s.pid(), s.tids(), st, dir, &mut file_table)?;
     }
     images::write(&dir.files(), &file_table.finish())?;
     images::write(&dir.pstree(), &pb::ProcessTree { processes: entries })?;
@@ -114,15 +116,16 @@ struct Inside {
     pages: pb::PageMap,
 }
 
-/// Dumps one seized process into its images. Returns the bytes of pages.
+/// Dumps one seized process, whose stat is `st`, into its images. Returns
+/// the bytes of pages.
 fn dump_process(
     pid: i32,
     tids: &[i32],
+    st: &stat::Stat,
     dir: &ImageDir,
     file_table: &mut FileTableBuilder,
 ) -> Result<u64> {
     // Refusals first, while nothing has been done to the task.
-    let st = stat::read_stat(pid)?;
     let status = status::read_status(pid)?;
     check_creds(pid, &status)?;
     let examined = files::examine_fds(pid)?;
@@ -178,7 +181,7 @@ fn dump_process(
         no_new_privs: inside.misc.no_new_privs != 0,
         child_subreaper: inside.misc.child_subreaper != 0,
     };
-    let mut mm = mm_fields::dump_mm_fields(&st, inside.misc.brk as u64, &auxv);
+    let mut mm = mm_fields::dump_mm_fields(st, inside.misc.brk as u64, &auxv);
     mm.vmas = vmas;
     mm.exe_file_id = exe_id;
     let fs = pb::FsState {

@@ -28,15 +28,6 @@ pub enum Member {
     Zombie(Box<Stat>),
 }
 
-impl Member {
-    pub fn pid(&self) -> i32 {
-        match self {
-            Member::Live(s) => s.pid,
-            Member::Zombie(st) => st.pid,
-        }
-    }
-}
-
 /// A seized tree: the root first, every parent before its children.
 pub struct SeizedTree {
     pub members: Vec<Member>,

@@ -84,21 +84,21 @@ fn sys(ret: libc::c_long, step: Step) -> libc::c_long {
 
 /// Runs in the root task; never returns.
 pub fn run_root(plans: &[ChildPlan]) -> ! {
-    let mut rseq = RseqConf::default();
-    let want = std::mem::size_of::<RseqConf>();
-    // SAFETY: reads the inherited rseq registration that rcr sends once it
-    // has attached, into a local of exactly that size.
-    let n = unsafe {
-        libc::read(
-            plans[0].sync_fd,
-            &mut rseq as *mut RseqConf as *mut libc::c_void,
-            want,
-        )
-    };
+    // rcr sends the inherited rseq registration once it has attached.
+    let rseq: RseqConf = receive(plans[0].sync_fd);
+    serve(plans, 0, rseq)
+}
+
+/// Reads one `T` that rcr wrote whole into the task's pipe.
+fn receive<T: Copy + Default>(fd: i32) -> T {
+    let mut value = T::default();
+    let want = std::mem::size_of::<T>();
+    // SAFETY: reads at most the bytes of a local plain struct into it.
+    let n = unsafe { libc::read(fd, &mut value as *mut T as *mut libc::c_void, want) };
     if n != want as isize {
         fail(Step::ChildSync, n as i64);
     }
-    serve(plans, 0, rseq)
+    value
 }
 
 /// A fork by `clone3` whose child gets pid `pid` and sends `exit_signal`
@@ -130,19 +130,7 @@ fn serve(plans: &[ChildPlan], me: usize, rseq: RseqConf) -> ! {
     loop {
         // SAFETY: a trap rcr catches; it writes our next command first.
         unsafe { asm!("int3", in("rdi") TRAP_ACK) };
-        let mut cmd = Command::default();
-        let want = std::mem::size_of::<Command>();
-        // SAFETY: reads one command into a local of exactly that size.
-        let n = unsafe {
-            libc::read(
-                plan.sync_fd,
-                &mut cmd as *mut Command as *mut libc::c_void,
-                want,
-            )
-        };
-        if n != want as isize {
-            fail(Step::ChildSync, n as i64);
-        }
+        let cmd: Command = receive(plan.sync_fd);
         // SAFETY: plain syscalls on this task.
         unsafe {
             match cmd.op {

@@ -97,10 +97,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         .collect();
     let mut source_of: BTreeMap<u32, i32> = BTreeMap::new();
     for (id, fd) in files::open_task_files(&c.files, &task_fds)? {
-        let placed = renumber(vec![fd], next_fd, false)?;
-        source_of.insert(id, placed[0].as_raw_fd());
-        next_fd = placed[0].as_raw_fd() + 1;
-        held.extend(placed);
+        source_of.insert(id, place_above(fd, &mut next_fd, &mut held)?);
     }
     let mut cwd_of = Vec::new();
     for p in &c.processes {
@@ -108,10 +105,8 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
             cwd_of.push(-1);
             continue;
         };
-        let placed = renumber(vec![fs_context::open_cwd(&images.fs.cwd)?], next_fd, false)?;
-        cwd_of.push(placed[0].as_raw_fd());
-        next_fd = placed[0].as_raw_fd() + 1;
-        held.extend(placed);
+        let cwd = fs_context::open_cwd(&images.fs.cwd)?;
+        cwd_of.push(place_above(cwd, &mut next_fd, &mut held)?);
     }
 
     let mut processes = Vec::with_capacity(c.processes.len());
@@ -169,6 +164,16 @@ impl RestorerFds {
         };
         index.map_or(-1, |&i| base + i as i32)
     }
+}
+
+/// Moves `fd` to the lowest free number from `*next_fd` on, keeps it in
+/// `held` and returns its number; `*next_fd` moves past it.
+fn place_above(fd: OwnedFd, next_fd: &mut i32, held: &mut Vec<OwnedFd>) -> Result<i32> {
+    let placed = renumber(vec![fd], *next_fd, false)?;
+    let raw = placed[0].as_raw_fd();
+    *next_fd = raw + 1;
+    held.extend(placed);
+    Ok(raw)
 }
 
 /// Opens the pages file, the files the process maps (checking private

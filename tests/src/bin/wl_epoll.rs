@@ -6,7 +6,7 @@
 //! fd numbers.
 
 use rcr_tests::fdops::{fdinfo_value, place, sys, write_fd};
-use rcr_tests::workload::{self, Args, Verdict};
+use rcr_tests::workload::{self, Verdict};
 
 const EP: i32 = 20;
 const EFD: i32 = 21;
@@ -91,15 +91,5 @@ fn check(v: &mut Verdict) -> Result<(), String> {
 }
 
 fn main() {
-    let args = Args::init();
-    if let Err(e) = build() {
-        args.fail_early(&e);
-    }
-    args.signal_ready();
-    workload::wait_for_wake();
-    let mut v = Verdict::new();
-    if let Err(e) = check(&mut v) {
-        v.fail(e);
-    }
-    args.finish(v)
+    workload::run(build, check)
 }

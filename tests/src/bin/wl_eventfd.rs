@@ -3,7 +3,7 @@
 //! bits. After restore: flags, semaphore mode, counts, and both still count.
 
 use rcr_tests::fdops::{fdinfo_value, place, status_flags, sys};
-use rcr_tests::workload::{self, Args, Verdict};
+use rcr_tests::workload::{self, Verdict};
 
 const SEM: i32 = 9;
 const PLAIN: i32 = 10;
@@ -66,15 +66,5 @@ fn check(v: &mut Verdict) -> Result<(), String> {
 }
 
 fn main() {
-    let args = Args::init();
-    if let Err(e) = build() {
-        args.fail_early(&e);
-    }
-    args.signal_ready();
-    workload::wait_for_wake();
-    let mut v = Verdict::new();
-    if let Err(e) = check(&mut v) {
-        v.fail(e);
-    }
-    args.finish(v)
+    workload::run(build, check)
 }

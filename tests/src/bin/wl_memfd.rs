@@ -7,7 +7,7 @@
 
 use rcr_tests::fdops::{open, place, read_fd, seek, status_flags, sys, write_fd};
 use rcr_tests::pattern;
-use rcr_tests::workload::{self, Args, Verdict};
+use rcr_tests::workload::{self, Verdict};
 use std::ffi::CString;
 
 const RW: i32 = 20;
@@ -102,15 +102,5 @@ fn check(v: &mut Verdict) -> Result<(), String> {
 }
 
 fn main() {
-    let args = Args::init();
-    if let Err(e) = build() {
-        args.fail_early(&e);
-    }
-    args.signal_ready();
-    workload::wait_for_wake();
-    let mut v = Verdict::new();
-    if let Err(e) = check(&mut v) {
-        v.fail(e);
-    }
-    args.finish(v)
+    workload::run(build, check)
 }

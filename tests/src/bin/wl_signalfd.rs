@@ -3,7 +3,7 @@
 //! signal read through it, and a new signal read through it too.
 
 use rcr_tests::fdops::{fdinfo_value, place, read_fd, status_flags, sys};
-use rcr_tests::workload::{self, Args, Verdict};
+use rcr_tests::workload::{self, Verdict};
 
 const SFD: i32 = 20;
 
@@ -66,15 +66,5 @@ fn check(v: &mut Verdict) -> Result<(), String> {
 }
 
 fn main() {
-    let args = Args::init();
-    if let Err(e) = build() {
-        args.fail_early(&e);
-    }
-    args.signal_ready();
-    workload::wait_for_wake();
-    let mut v = Verdict::new();
-    if let Err(e) = check(&mut v) {
-        v.fail(e);
-    }
-    args.finish(v)
+    workload::run(build, check)
 }

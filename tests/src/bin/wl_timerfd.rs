@@ -7,7 +7,7 @@
 //! can take), the unread expiration, and a timer that fires again.
 
 use rcr_tests::fdops::{fdinfo_value, place, status_flags, sys};
-use rcr_tests::workload::{self, Args, Verdict};
+use rcr_tests::workload::{self, Verdict};
 
 const LONG: i32 = 20;
 const FIRED: i32 = 21;
@@ -139,15 +139,5 @@ fn check(v: &mut Verdict) -> Result<(), String> {
 }
 
 fn main() {
-    let args = Args::init();
-    if let Err(e) = build() {
-        args.fail_early(&e);
-    }
-    args.signal_ready();
-    workload::wait_for_wake();
-    let mut v = Verdict::new();
-    if let Err(e) = check(&mut v) {
-        v.fail(e);
-    }
-    args.finish(v)
+    workload::run(build, check)
 }

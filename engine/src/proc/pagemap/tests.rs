@@ -315,42 +315,35 @@ fn timings() {
     for page in (0..pages).step_by(16) {
         big.write(page);
     }
-    let mut results = vec![];
-    for (name, backend) in [
-        ("ioctl", ScanBackend::Ioctl),
-        ("pread", ScanBackend::ReadEntries),
-    ] {
-        let mut s = PageScanner::open_with(own_pid(), backend).unwrap();
-        let t = Instant::now();
-        let runs = s
-            .scan(big.base(), big.base() + pages * P, ScanWant::Anon)
-            .unwrap();
-        eprintln!(
-            "{name}: 1 GiB, every 16th page: {:?} ({} runs)",
-            t.elapsed(),
-            runs.len()
-        );
-        results.push(runs);
-    }
+    // Each backend's runs over the whole mapping, timed.
+    let scan_both = |what: &str| -> Vec<Vec<(u64, u64)>> {
+        [
+            ("ioctl", ScanBackend::Ioctl),
+            ("pread", ScanBackend::ReadEntries),
+        ]
+        .into_iter()
+        .map(|(name, backend)| {
+            let mut s = PageScanner::open_with(own_pid(), backend).unwrap();
+            let t = Instant::now();
+            let runs = s
+                .scan(big.base(), big.base() + pages * P, ScanWant::Anon)
+                .unwrap();
+            eprintln!(
+                "{name}: 1 GiB, {what}: {:?} ({} runs)",
+                t.elapsed(),
+                runs.len()
+            );
+            runs
+        })
+        .collect()
+    };
+    let results = scan_both("every 16th page");
     assert_eq!(results[0], results[1]);
     // 1 GiB fully written: one run.
     for page in 0..pages {
         big.write(page);
     }
-    for (name, backend) in [
-        ("ioctl", ScanBackend::Ioctl),
-        ("pread", ScanBackend::ReadEntries),
-    ] {
-        let mut s = PageScanner::open_with(own_pid(), backend).unwrap();
-        let t = Instant::now();
-        let runs = s
-            .scan(big.base(), big.base() + pages * P, ScanWant::Anon)
-            .unwrap();
-        eprintln!(
-            "{name}: 1 GiB fully written: {:?} ({} runs)",
-            t.elapsed(),
-            runs.len()
-        );
+    for runs in scan_both("fully written") {
         assert_eq!(runs, vec![(big.base(), big.base() + pages * P)]);
     }
 }
