@@ -125,15 +125,18 @@ impl Args {
 /// The whole protocol for a workload whose setup and check can fail with
 /// a message: build the state (a failure is the verdict), say ready, wait
 /// for the wake signal, check, write the verdict and exit.
-pub fn run(build: fn() -> Result<(), String>, check: fn(&mut Verdict) -> Result<(), String>) -> ! {
+pub fn run(
+    build: impl FnOnce(&Args) -> Result<(), String>,
+    check: impl FnOnce(&Args, &mut Verdict) -> Result<(), String>,
+) -> ! {
     let args = Args::init();
-    if let Err(e) = build() {
+    if let Err(e) = build(&args) {
         args.fail_early(&e);
     }
     args.signal_ready();
     wait_for_wake();
     let mut v = Verdict::new();
-    if let Err(e) = check(&mut v) {
+    if let Err(e) = check(&args, &mut v) {
         v.fail(e);
     }
     args.finish(v)

@@ -102,5 +102,5 @@ fn check(v: &mut Verdict) -> Result<(), String> {
 }
 
 fn main() {
-    workload::run(build, check)
+    workload::run(|_| build(), |_, v| check(v))
 }
