@@ -138,7 +138,14 @@ pub enum Exit {
 }
 
 /// waitpid(pid) with a deadline: None when it is still running then.
+#[track_caller]
 pub fn wait_pid(pid: i32, timeout: Duration) -> Option<Exit> {
+    try_wait_pid(pid, timeout).unwrap_or_else(|e| panic!("waitpid({pid}): {e}"))
+}
+
+/// wait_pid that reports a failed waitpid (ECHILD: not ours) instead of
+/// panicking, for cleanup that may run while a test is already failing.
+fn try_wait_pid(pid: i32, timeout: Duration) -> std::io::Result<Option<Exit>> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut status = 0;
@@ -146,16 +153,18 @@ pub fn wait_pid(pid: i32, timeout: Duration) -> Option<Exit> {
         let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         if rc == pid {
             if libc::WIFEXITED(status) {
-                return Some(Exit::Code(libc::WEXITSTATUS(status)));
+                return Ok(Some(Exit::Code(libc::WEXITSTATUS(status))));
             }
             if libc::WIFSIGNALED(status) {
-                return Some(Exit::Signal(libc::WTERMSIG(status)));
+                return Ok(Some(Exit::Signal(libc::WTERMSIG(status))));
             }
             continue; // stopped/continued reports are not an exit
         }
-        assert!(rc == 0, "waitpid({pid}): {}", errno());
+        if rc != 0 {
+            return Err(errno());
+        }
         if Instant::now() >= deadline {
-            return None;
+            return Ok(None);
         }
         std::thread::sleep(POLL);
     }
@@ -606,7 +615,7 @@ impl Drop for Workload {
             send_signal(pid, libc::SIGKILL);
         }
         if self.armed {
-            let _ = wait_pid(self.pid, Duration::from_secs(10));
+            let _ = try_wait_pid(self.pid, Duration::from_secs(10));
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for pid in ours {
