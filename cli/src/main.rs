@@ -42,12 +42,25 @@ enum Command {
         /// Print what the restore did as JSON on stderr.
         #[arg(long)]
         stats: bool,
+        /// How saved pids are given back: auto (set_tid, else ns_last_pid,
+        /// else spin), or only set_tid, ns_last_pid or spin.
+        #[arg(long, value_name = "HOW", default_value = "auto", value_parser = parse_pids)]
+        pids: rcr_engine::PidChoice,
     },
     /// Print a checkpoint as JSON, with where each thread was stopped.
     Show {
         #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+fn parse_pids(how: &str) -> Result<rcr_engine::PidChoice, String> {
+    if how == "auto" {
+        return Ok(rcr_engine::PidChoice::Auto);
+    }
+    rcr_engine::PidStrategy::parse(how)
+        .map(rcr_engine::PidChoice::Only)
+        .ok_or_else(|| format!("{how:?}: expected auto, set_tid, ns_last_pid or spin"))
 }
 
 fn run(cli: Cli) -> Result<(), rcr_engine::Error> {
@@ -67,8 +80,8 @@ fn run(cli: Cli) -> Result<(), rcr_engine::Error> {
                 println!("{}", serde_json::to_string(&s).expect("stats serialize"));
             }
         }
-        Command::Restore { dir, stats } => {
-            let s = rcr_engine::restore(&rcr_engine::RestoreOptions { dir })?;
+        Command::Restore { dir, stats, pids } => {
+            let s = rcr_engine::restore(&rcr_engine::RestoreOptions { dir, pids })?;
             for w in &s.warnings {
                 eprintln!("rcr: warning: {w}");
             }

@@ -19,5 +19,6 @@ mod show;
 
 pub use dump::{dump, DumpOptions, DumpStats};
 pub use error::{Error, Result};
+pub use restore::pids::{PidChoice, PidStrategy};
 pub use restore::{restore, RestoreOptions, RestoreStats};
 pub use show::show;

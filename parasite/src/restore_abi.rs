@@ -8,7 +8,7 @@
 pub use crate::parasite_abi::{Itimerval, KernelSigaction, Timeval};
 
 /// Bumped whenever a layout below changes; the restorer refuses a mismatch.
-pub const RESTORE_ABI_VERSION: u32 = 2;
+pub const RESTORE_ABI_VERSION: u32 = 3;
 
 /// `rdi` at the restorer's final trap when everything is in place.
 pub const TRAP_READY: u64 = 0x7263_725f_7265_6479; // "rcr_redy"
@@ -18,6 +18,13 @@ pub const TRAP_ACK: u64 = 0x7263_725f_6163_6b21; // "rcr_ack!"
 /// `rdi` at a trap that reports a failure: `rsi` = [`Step`], `rdx` = errno,
 /// `rcx` = the address or index the step was working on.
 pub const TRAP_FAILED: u64 = 0x7263_725f_6661_696c; // "rcr_fail"
+/// `rdi` at a trap before a plain `clone` of the task whose saved id is in
+/// `rsi`: rcr makes that id the kernel's next, then lets the clone go.
+/// `rdx` is the id a previous try got instead (0 on the first): that
+/// thread has ended and rcr reaps it.
+pub const TRAP_NEXT_PID: u64 = 0x7263_725f_6e70_6964; // "rcr_npid"
+/// How often a task is made again when another took its id meanwhile.
+pub const PID_TRIES: u32 = 8;
 
 /// Reports a failed step to the tracing rcr: a trap with [`TRAP_FAILED`] in
 /// `rdi`, the step in `rsi`, the errno in `rdx` and `at` in `rcx`. rcr kills
@@ -68,6 +75,9 @@ pub enum Step {
     CloneThread = 19,
     TidAddress = 20,
     RobustList = 21,
+    /// A new task or thread got another id than its saved one: `rdx` holds
+    /// the saved id, `rcx` the one the kernel gave.
+    WrongPid = 22,
     /// Steps run by the engine's code in the new task, before the restorer.
     ChildSync = 32,
     ChildSession = 33,
@@ -104,6 +114,7 @@ impl Step {
             CloneThread,
             TidAddress,
             RobustList,
+            WrongPid,
             ChildSync,
             ChildSession,
             ChildFds,
@@ -136,9 +147,10 @@ impl Step {
             Step::Pdeathsig => "setting the parent-death signal",
             Step::Rseq => "registering rseq",
             Step::Comm => "setting the thread name",
-            Step::CloneThread => "creating a thread (clone3 with set_tid)",
+            Step::CloneThread => "creating a thread with its saved tid",
             Step::TidAddress => "setting a thread's clear-child-tid address",
             Step::RobustList => "setting a thread's robust futex list",
+            Step::WrongPid => "taking a saved pid",
             Step::ChildSync => "waiting for rcr's next command",
             Step::ChildSession => "restoring session and process group",
             Step::ChildFds => "installing file descriptors",
@@ -342,6 +354,10 @@ pub struct RestoreArgs {
     /// the others are created by the leader once memory is in place.
     pub threads: u64,
     pub nr_threads: u64,
+    /// Non-zero: threads are made by a plain `clone` after a
+    /// [`TRAP_NEXT_PID`] (rcr arranges each tid), not by `clone3` with
+    /// `set_tid`. Filled in by the engine's code in the new task.
+    pub plain_clone: u64,
 }
 
 #[cfg(test)]

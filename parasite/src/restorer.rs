@@ -120,7 +120,7 @@ fn restore(a: &RestoreArgs) -> Result<&ThreadArgs, Failure> {
         });
     };
     for t in others {
-        spawn_thread(t)?;
+        spawn_thread(t, a.plain_clone != 0)?;
     }
     restore_thread(leader)?;
     Ok(leader)
@@ -178,7 +178,8 @@ fn restore_thread(t: &ThreadArgs) -> Result<(), Failure> {
 
 /// Creates thread `t` with its saved tid; it starts in [`thread_main`] on
 /// its own stack in the hole. Signals stay blocked in it as in the leader.
-fn spawn_thread(t: &ThreadArgs) -> Result<(), Failure> {
+/// With `plain`, rcr first makes the tid the kernel's next one.
+fn spawn_thread(t: &ThreadArgs, plain: bool) -> Result<(), Failure> {
     let args = CloneArgs {
         flags: CLONE_THREAD_FLAGS,
         stack: t.stack,
@@ -187,10 +188,51 @@ fn spawn_thread(t: &ThreadArgs) -> Result<(), Failure> {
         set_tid_size: 1,
         ..Default::default()
     };
+    let (nr, a0, a1) = if plain {
+        // Legacy clone: flags, then the stack's top.
+        (
+            nr::CLONE,
+            CLONE_THREAD_FLAGS as usize,
+            (t.stack + t.stack_size) as usize,
+        )
+    } else {
+        (
+            nr::CLONE3,
+            &args as *const CloneArgs as usize,
+            core::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let mut got = 0;
+    for _ in 0..PID_TRIES {
+        if plain {
+            trap_next_pid(t.tid, got);
+        }
+        got = clone_thread(t, nr, a0, a1);
+        check(got, Step::CloneThread, t.tid as u64)?;
+        // set_tid gives the tid or fails; a plain clone may give another
+        // (that thread ends at once, see thread_main).
+        if got == t.tid as isize || !plain {
+            break;
+        }
+    }
+    if got != t.tid as isize {
+        return Err(Failure {
+            step: Step::WrongPid,
+            errno: t.tid as u64,
+            at: got as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Clone syscall `nr` with arguments `a0`, `a1`; the new thread runs
+/// [`thread_main`] with `t`.
+fn clone_thread(t: &ThreadArgs, nr: usize, a0: usize, a1: usize) -> isize {
     let ret: isize;
     // SAFETY: the new thread shares our memory and starts on its own stack,
     // where it only calls thread_main, which never returns; the parent
-    // continues after the syscall like any other.
+    // continues after the syscall like any other. Legacy clone's parent
+    // tid, child tid and tls arguments are zero: nothing to store.
     unsafe {
         asm!(
             "syscall",
@@ -201,20 +243,37 @@ fn spawn_thread(t: &ThreadArgs) -> Result<(), Failure> {
             "ud2",
             "2:",
             main = sym thread_main,
-            inlateout("rax") nr::CLONE3 => ret,
-            in("rdi") &args as *const CloneArgs,
-            in("rsi") core::mem::size_of::<CloneArgs>(),
+            inlateout("rax") nr => ret,
+            in("rdi") a0,
+            in("rsi") a1,
+            in("rdx") 0usize,
+            in("r10") 0usize,
+            in("r8") 0usize,
             in("r12") t as *const ThreadArgs,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack),
         )
     };
-    check(ret, Step::CloneThread, t.tid as u64).map(|_| ())
+    ret
+}
+
+/// Asks rcr to make `tid` the next id the kernel gives (and to reap the
+/// thread a previous try made with id `wrong`); returns once it has.
+fn trap_next_pid(tid: i32, wrong: isize) {
+    // SAFETY: a trap rcr catches (signals are blocked, SIGTRAP is forced).
+    unsafe { asm!("int3", in("rdi") TRAP_NEXT_PID, in("rsi") tid as u64, in("rdx") wrong as u64) };
 }
 
 /// A restored thread's first code.
 extern "C" fn thread_main(t: &ThreadArgs) -> ! {
+    // SAFETY: gettid has no arguments.
+    let tid = unsafe { sys::syscall0(nr::GETTID) };
+    if tid != t.tid as isize {
+        // Made with an id another task took meanwhile: the leader tries again.
+        // SAFETY: ends this thread only; it touched nothing.
+        unsafe { sys::syscall1(nr::EXIT, 0) };
+    }
     match restore_thread(t) {
         Ok(()) => finish(t),
         Err(f) => trap_failed(f.step, f.errno, f.at),

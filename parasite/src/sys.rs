@@ -166,6 +166,7 @@ pub mod nr {
     pub const VMSPLICE: usize = 278;
     pub const PRLIMIT64: usize = 302;
     pub const RSEQ: usize = 334;
+    pub const CLONE: usize = 56;
     pub const CLONE3: usize = 435;
     pub const CLOSE_RANGE: usize = 436;
     pub const SIGALTSTACK: usize = 131;

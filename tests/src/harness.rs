@@ -667,11 +667,25 @@ pub fn dump(dir: &TestDir, w: &mut Workload, img: &Path, extra: &[&str]) {
 /// workload's and that the process runs.
 #[track_caller]
 pub fn restore(dir: &TestDir, w: &mut Workload, img: &Path) {
+    restore_with(dir, w, img, &[], &[]);
+}
+
+/// [`restore`] behind `wrapper` with `extra` arguments; returns the run.
+#[track_caller]
+pub fn restore_with(
+    dir: &TestDir,
+    w: &mut Workload,
+    img: &Path,
+    wrapper: &[&OsStr],
+    extra: &[&str],
+) -> RcrRun {
     assert_no_process(w.pid, "before restore");
     for &pid in &w.descendants {
         assert_no_process(pid, "before restore (a descendant)");
     }
-    let run = run_rcr(dir, &["restore".as_ref(), "-D".as_ref(), img.as_os_str()]);
+    let mut args: Vec<&OsStr> = vec!["restore".as_ref(), "-D".as_ref(), img.as_os_str()];
+    args.extend(extra.iter().map(|s| OsStr::new(*s)));
+    let run = run_rcr_with(dir, wrapper, &args, RCR_TIMEOUT);
     // From here a process with this pid may be ours again.
     w.rearm();
     run.assert_success();
@@ -689,6 +703,7 @@ pub fn restore(dir: &TestDir, w: &mut Workload, img: &Path) {
         w.result_text(),
         w.log_text()
     );
+    run
 }
 
 /// The common scenario: start the workload, wait ready, let it settle,

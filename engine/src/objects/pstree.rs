@@ -24,6 +24,7 @@ pub fn dump_entry(st: &Stat, threads: &[i32]) -> pb::ProcessEntry {
         zombie: false,
         exit_code: 0,
         exit_signal: st.exit_signal,
+        comm: st.comm.clone(),
     }
 }
 
@@ -38,6 +39,7 @@ pub fn dump_zombie(st: &Stat) -> pb::ProcessEntry {
         zombie: true,
         exit_code: st.exit_code,
         exit_signal: st.exit_signal,
+        comm: st.comm.clone(),
     }
 }
 

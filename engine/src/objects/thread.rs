@@ -141,7 +141,7 @@ pub fn restore_thread_args(t: &pb::ThreadCore) -> ThreadArgs {
 }
 
 /// The name as `PR_SET_NAME` takes it: at most 15 bytes and a NUL.
-fn comm_bytes(comm: &str) -> [u8; 16] {
+pub fn comm_bytes(comm: &str) -> [u8; 16] {
     let mut out = [0u8; 16];
     let n = comm.len().min(15);
     out[..n].copy_from_slice(&comm.as_bytes()[..n]);

@@ -10,7 +10,7 @@
 //! file descriptors, changes into the saved cwd, blocks all signals, maps
 //! the prepared hole and jumps into the restorer.
 
-use rcr_parasite::restore_abi::{trap_failed, CloneArgs, RseqConf, Step, TRAP_ACK};
+use rcr_parasite::restore_abi::{trap_failed, CloneArgs, RestoreArgs, RseqConf, Step, TRAP_ACK};
 use std::arch::asm;
 
 /// A command from rcr to a task, read from the task's own pipe.
@@ -31,8 +31,14 @@ pub mod op {
     pub const JOIN_GROUP: u32 = 4;
     /// End with wait status `arg`, to stay a zombie.
     pub const EXIT: u32 = 5;
-    /// Go on to restore the process.
+    /// Go on to restore the process; `arg` non-zero: threads are made by a
+    /// plain clone, their tids arranged by rcr.
     pub const GO: u32 = 6;
+    /// Fork the task whose plan index is `arg` with the next pid the kernel
+    /// gives, which rcr made the saved one.
+    pub const FORK_NEXT: u32 = 7;
+    /// Reap child `arg`, forked with a wrong pid (which rcr saw end).
+    pub const REAP: u32 = 8;
 }
 
 /// One descriptor to install: `src` (rcr's) becomes `target` (the task's).
@@ -47,6 +53,9 @@ pub struct FdInstall {
 pub struct ChildPlan<'a> {
     pub pid: i32,
     pub exit_signal: i32,
+    /// The name a zombie shows, NUL-terminated (a live task's is restored
+    /// by the restorer).
+    pub comm: [u8; 16],
     /// The read end of the task's command pipe.
     pub sync_fd: i32,
     /// Where the restore goes; `None` for a zombie.
@@ -123,13 +132,24 @@ pub fn fork_with_pid(pid: i32, exit_signal: i32) -> libc::c_long {
     }
 }
 
+/// A plain fork (legacy `clone`, which seccomp policies that refuse
+/// `clone3` still allow) that sends `exit_signal` when the child ends.
+/// Returns as fork does.
+pub fn fork_next(exit_signal: i32) -> libc::c_long {
+    // SAFETY: without CLONE_VM this is a fork; no pointers are passed.
+    unsafe { libc::syscall(libc::SYS_clone, exit_signal as libc::c_long, 0, 0, 0, 0) }
+}
+
 /// Serves rcr's commands as task `me`; a forked child serves its own.
 /// Children inherit the rseq registration with the rest of the memory.
 fn serve(plans: &[ChildPlan], me: usize, rseq: RseqConf) -> ! {
     let plan = &plans[me];
+    // Reported with each acknowledgement: the pid a fork gave.
+    let mut result: libc::c_long = 0;
     loop {
         // SAFETY: a trap rcr catches; it writes our next command first.
-        unsafe { asm!("int3", in("rdi") TRAP_ACK) };
+        unsafe { asm!("int3", in("rdi") TRAP_ACK, in("rsi") result) };
+        result = 0;
         let cmd: Command = receive(plan.sync_fd);
         // SAFETY: plain syscalls on this task.
         unsafe {
@@ -146,19 +166,32 @@ fn serve(plans: &[ChildPlan], me: usize, rseq: RseqConf) -> ! {
                         Step::ChildSession,
                     );
                 }
-                op::FORK => {
-                    let child = cmd.arg as usize;
-                    let ret = sys(
-                        fork_with_pid(plans[child].pid, plans[child].exit_signal),
-                        Step::ChildFork,
-                    );
-                    if ret == 0 {
-                        serve(plans, child, rseq);
+                op::FORK | op::FORK_NEXT => {
+                    let child = &plans[cmd.arg as usize];
+                    let ret = if cmd.op == op::FORK {
+                        fork_with_pid(child.pid, child.exit_signal)
+                    } else {
+                        fork_next(child.exit_signal)
+                    };
+                    result = sys(ret, Step::ChildFork);
+                    if result == 0 {
+                        // A child with another pid than the saved one (taken
+                        // meanwhile) ends at once; rcr tries again.
+                        if libc::getpid() != child.pid {
+                            libc::syscall(libc::SYS_exit_group, 0);
+                        }
+                        serve(plans, cmd.arg as usize, rseq);
                     }
                 }
-                op::EXIT => exit_as(cmd.arg),
+                op::REAP => {
+                    libc::waitpid(cmd.arg, std::ptr::null_mut(), libc::__WALL);
+                }
+                op::EXIT => {
+                    libc::prctl(libc::PR_SET_NAME, plan.comm.as_ptr());
+                    exit_as(cmd.arg)
+                }
                 op::GO => match &plan.restore {
-                    Some(r) => go(r, rseq),
+                    Some(r) => go(r, rseq, cmd.arg != 0),
                     None => fail(Step::ChildSync, 0),
                 },
                 _ => fail(Step::ChildSync, 0),
@@ -196,7 +229,7 @@ fn exit_as(status: i32) -> ! {
 }
 
 /// Installs the task's descriptors, cwd and umask, then enters the restorer.
-fn go(plan: &RestorePlan, rseq: RseqConf) -> ! {
+fn go(plan: &RestorePlan, rseq: RseqConf, plain_clone: bool) -> ! {
     // SAFETY: plain syscalls on this task.
     unsafe {
         for i in plan.installs {
@@ -242,6 +275,8 @@ fn go(plan: &RestorePlan, rseq: RseqConf) -> ! {
         }
         std::ptr::copy_nonoverlapping(plan.image.as_ptr(), addr as *mut u8, plan.image.len());
         std::ptr::write_unaligned((plan.hole_start + plan.rseq_offset) as *mut RseqConf, rseq);
+        let plain_at = plan.args_addr + std::mem::offset_of!(RestoreArgs, plain_clone) as u64;
+        std::ptr::write_unaligned(plain_at as *mut u64, plain_clone as u64);
         // Enter as if called: the ABI wants rsp + 8 aligned to 16.
         asm!(
             "mov rsp, {stack}",

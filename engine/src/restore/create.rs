@@ -15,9 +15,10 @@ use crate::infect::remote::RemoteTask;
 use crate::objects::pstree::TreeStep;
 use crate::ptrace::{self, Stop};
 use crate::restore::child::{self, op, ChildPlan, Command};
+use crate::restore::pids::{Arranged, PidStrategy, Pids};
 use nix::errno::Errno;
 use rcr_arch::regs::UserRegs;
-use rcr_parasite::restore_abi::{RseqConf, Step, TRAP_ACK, TRAP_FAILED, TRAP_READY};
+use rcr_parasite::restore_abi::{RseqConf, Step, TRAP_ACK, TRAP_FAILED, TRAP_NEXT_PID, TRAP_READY};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// One process as rcr releases it.
@@ -96,13 +97,14 @@ fn write_bytes<T: Copy>(fd: &OwnedFd, value: &T) -> Result<()> {
 }
 
 /// Creates the tree: `plans` and `procs` in tree order (root first),
-/// `steps` from [`crate::objects::pstree::plan`]. Returns once every live
-/// process runs its saved program on its own.
+/// `steps` from [`crate::objects::pstree::plan`], pids given as `pids`
+/// allows. Returns once every live process runs its saved program on its own.
 pub fn create(
     plans: &mut [ChildPlan],
     procs: &[Release],
     steps: &[TreeStep],
     sync_min_fd: i32,
+    pids: &mut Pids,
 ) -> Result<()> {
     let mut writers = Vec::with_capacity(plans.len());
     let mut readers = Vec::with_capacity(plans.len());
@@ -113,21 +115,40 @@ pub fn create(
         writers.push(w);
     }
     let root = procs[0].pid;
-    // The child is a copy of rcr and runs `child::run_root`, which only
-    // makes raw syscalls.
-    let ret = child::fork_with_pid(root, plans[0].exit_signal);
-    if ret == 0 {
-        child::run_root(plans);
-    }
-    if ret < 0 {
-        return Err(match Errno::last() {
-            Errno::EEXIST => Error::pid_taken(root),
-            Errno::EPERM => Error::Preflight(format!(
-                "clone3 with set_tid (to get pid {root} back) needs CAP_CHECKPOINT_RESTORE \
-                 or CAP_SYS_ADMIN in the pid namespace"
-            )),
-            e => Error::sys(root, "clone3", e),
-        });
+    let mut tries = 0;
+    loop {
+        let arranged = pids.arrange(root)?;
+        // The child is a copy of rcr and runs `child::run_root`, which only
+        // makes raw syscalls.
+        let ret = match pids.strategy() {
+            PidStrategy::SetTid => child::fork_with_pid(root, plans[0].exit_signal),
+            _ => child::fork_next(plans[0].exit_signal),
+        };
+        if ret == 0 {
+            child::run_root(plans);
+        }
+        let errno = Errno::last();
+        drop(arranged);
+        if ret == root as libc::c_long {
+            break;
+        }
+        if ret > 0 {
+            // SAFETY: kills and reaps the child we just made with the wrong pid.
+            unsafe {
+                libc::kill(ret as i32, libc::SIGKILL);
+                libc::waitpid(ret as i32, std::ptr::null_mut(), libc::__WALL);
+            }
+            pids.retry(root, ret as i64, &mut tries)?;
+        } else if !pids.fall_back(errno) {
+            return Err(match errno {
+                Errno::EEXIST => Error::pid_taken(root),
+                Errno::EPERM => Error::Preflight(format!(
+                    "clone3 with set_tid (to get pid {root} back) needs CAP_CHECKPOINT_RESTORE \
+                     or CAP_SYS_ADMIN in the pid namespace"
+                )),
+                e => Error::sys(root, "clone3", e),
+            });
+        }
     }
     let mut created = Created {
         procs,
@@ -135,14 +156,8 @@ pub fn create(
         released: false,
     };
     drop(readers);
-    if ret as i32 != root {
-        return Err(Error::RestoreLost {
-            pid: root,
-            what: format!("the kernel gave pid {ret} instead"),
-        });
-    }
     attach(root, &writers[0])?;
-    wait_trap(root, TRAP_ACK)?;
+    wait_trap(root, TRAP_ACK, pids)?;
     let command = |i: usize, op: u32, arg: i32| -> Result<()> {
         write_bytes(&writers[i], &Command { op, arg })?;
         ptrace::cont(procs[i].pid, 0).map_err(traced(procs[i].pid))
@@ -151,11 +166,11 @@ pub fn create(
         match step {
             TreeStep::Setsid(i) => {
                 command(i, op::SETSID, 0)?;
-                wait_trap(procs[i].pid, TRAP_ACK)?;
+                wait_trap(procs[i].pid, TRAP_ACK, pids)?;
             }
             TreeStep::OwnGroup(i) => {
                 command(i, op::OWN_GROUP, 0)?;
-                wait_trap(procs[i].pid, TRAP_ACK)?;
+                wait_trap(procs[i].pid, TRAP_ACK, pids)?;
             }
             TreeStep::JoinGroup { task, leader } => {
                 let pgid = match leader {
@@ -164,13 +179,32 @@ pub fn create(
                     None => unsafe { libc::getpgid(root) },
                 };
                 command(task, op::JOIN_GROUP, pgid)?;
-                wait_trap(procs[task].pid, TRAP_ACK)?;
+                wait_trap(procs[task].pid, TRAP_ACK, pids)?;
             }
             TreeStep::Fork { parent, child } => {
-                command(parent, op::FORK, child as i32)?;
-                wait_trap(procs[parent].pid, TRAP_ACK)?;
+                let (want, parent_pid) = (procs[child].pid, procs[parent].pid);
+                let fork = match pids.strategy() {
+                    PidStrategy::SetTid => op::FORK,
+                    _ => op::FORK_NEXT,
+                };
+                let mut tries = 0;
+                loop {
+                    let arranged = pids.arrange(want)?;
+                    command(parent, fork, child as i32)?;
+                    let got = wait_trap(parent_pid, TRAP_ACK, pids)? as i32;
+                    drop(arranged);
+                    if got == want {
+                        break;
+                    }
+                    // The child with the wrong pid ends by itself; once rcr,
+                    // its tracer, has seen that, the parent reaps it.
+                    wait_exit(got)?;
+                    command(parent, op::REAP, got)?;
+                    wait_trap(parent_pid, TRAP_ACK, pids)?;
+                    pids.retry(want, got as i64, &mut tries)?;
+                }
                 created.made.push(child);
-                wait_trap(procs[child].pid, TRAP_ACK)?;
+                wait_trap(want, TRAP_ACK, pids)?;
             }
             TreeStep::Exit(i) => {
                 command(i, op::EXIT, procs[i].exit_code)?;
@@ -178,14 +212,15 @@ pub fn create(
             }
         }
     }
+    let plain_clone = (pids.strategy() != PidStrategy::SetTid) as i32;
     for (i, p) in procs.iter().enumerate() {
         if p.hole.is_some() {
-            command(i, op::GO, 0)?;
+            command(i, op::GO, plain_clone)?;
         }
     }
     for p in procs.iter().filter(|p| p.hole.is_some()) {
         for tid in std::iter::once(p.pid).chain(p.threads.iter().copied()) {
-            wait_trap(tid, TRAP_READY)?;
+            wait_trap(tid, TRAP_READY, pids)?;
         }
     }
     for p in procs {
@@ -232,25 +267,43 @@ fn attach(pid: i32, sync_w: &OwnedFd) -> Result<()> {
 
 /// Waits until task `pid` traps with `want` in `rdi` (an acknowledged
 /// command, or ready in the restorer), or reports the failure it trapped
-/// with. Other stops on the way (fork and clone events, a new task's first
+/// with; returns the trap's `rsi` (what the command gave). A leader that
+/// asks for its next thread's tid gets it arranged.
+/// Other stops on the way (fork and clone events, a new task's first
 /// stop) are let go. Signals that reach a task before it blocks them for
 /// the restorer (a zombie's SIGCHLD, a stray kill) are dropped: they are
 /// not the saved program's, whose pending signals come from the images.
-fn wait_trap(pid: i32, want: u64) -> Result<()> {
+fn wait_trap(pid: i32, want: u64, pids: &mut Pids) -> Result<u64> {
+    // Held until the thread it was arranged for exists: the leader's next stop.
+    let mut _arranged: Option<Arranged> = None;
     loop {
-        match ptrace::wait_stop(pid).map_err(traced(pid))? {
+        let stop = ptrace::wait_stop(pid).map_err(traced(pid))?;
+        if !matches!(stop, Stop::Event(_)) {
+            _arranged = None;
+        }
+        match stop {
             Stop::Signal(libc::SIGTRAP) => {
                 let regs = ptrace::get_regs(pid).map_err(traced(pid))?;
                 if regs.rdi == want {
-                    return Ok(());
+                    return Ok(regs.rsi);
+                }
+                if regs.rdi == TRAP_NEXT_PID {
+                    if regs.rdx != 0 {
+                        wait_exit(regs.rdx as i32)?;
+                    }
+                    _arranged = Some(pids.arrange(regs.rsi as i32)?);
+                    ptrace::cont(pid, 0).map_err(traced(pid))?;
+                    continue;
                 }
                 if regs.rdi == TRAP_FAILED {
-                    let step = Step::from_raw(regs.rsi).map_or("an unknown step", Step::describe);
-                    return Err(Error::RestoreFailed {
-                        pid,
-                        step,
-                        errno: Errno::from_raw(regs.rdx as i32),
-                        at: regs.rcx,
+                    return Err(match Step::from_raw(regs.rsi) {
+                        Some(Step::WrongPid) => pids.wrong_pid(regs.rdx as i32, regs.rcx as i64),
+                        step => Error::RestoreFailed {
+                            pid,
+                            step: step.map_or("an unknown step", Step::describe),
+                            errno: Errno::from_raw(regs.rdx as i32),
+                            at: regs.rcx,
+                        },
                     });
                 }
                 return Err(Error::RestoreLost {

@@ -5,6 +5,7 @@ mod child;
 mod create;
 mod layout;
 pub(crate) mod load;
+pub mod pids;
 mod prepare;
 
 use crate::blob;
@@ -22,6 +23,8 @@ use std::time::Instant;
 pub struct RestoreOptions {
     /// The checkpoint directory.
     pub dir: PathBuf,
+    /// How the saved pids may be given back.
+    pub pids: pids::PidChoice,
 }
 
 /// What a restore did.
@@ -33,6 +36,8 @@ pub struct RestoreStats {
     pub pages_bytes: u64,
     /// Seconds from start until the process ran on its own.
     pub seconds: f64,
+    /// How the saved pids were given back.
+    pub pid_strategy: pids::PidStrategy,
     /// Things restored differently from the checkpoint, in words.
     pub warnings: Vec<String>,
 }
@@ -102,6 +107,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
         plans.push(child::ChildPlan {
             pid: p.entry.pid,
             exit_signal: p.entry.exit_signal,
+            comm: thread::comm_bytes(&p.entry.comm),
             sync_fd: -1,
             restore,
         });
@@ -124,12 +130,22 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     }
     let entries: Vec<_> = ckpt.processes.iter().map(|p| p.entry.clone()).collect();
     let steps = pstree::plan(&entries);
-    create::create(&mut plans, &releases, &steps, prepared.fd_top + 1)?;
+    let mut pids = pids::Pids::new(opts.pids);
+    create::create(
+        &mut plans,
+        &releases,
+        &steps,
+        prepared.fd_top + 1,
+        &mut pids,
+    )?;
+    let mut warnings = prepared.warnings;
+    warnings.append(&mut pids.warnings);
     Ok(RestoreStats {
         pid,
         pages_bytes,
         seconds: started.elapsed().as_secs_f64(),
-        warnings: prepared.warnings,
+        pid_strategy: pids.strategy(),
+        warnings,
     })
 }
 

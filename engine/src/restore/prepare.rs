@@ -293,6 +293,7 @@ fn prepare_process(
         rseq_inherited: RseqConf::default(),
         threads: 0,
         nr_threads: 0,
+        plain_clone: 0,
     };
     Ok(PreparedProcess {
         umask: c.core.umask,

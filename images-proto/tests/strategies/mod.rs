@@ -276,8 +276,13 @@ pub fn fs_state() -> impl Strategy<Value = pb::FsState> {
 }
 
 pub fn process_tree() -> impl Strategy<Value = pb::ProcessTree> {
-    let entry = (vec(any::<i32>(), 6), vec(any::<i32>(), 0..5), any::<bool>()).prop_map(
-        |(ids, threads, zombie)| pb::ProcessEntry {
+    let entry = (
+        vec(any::<i32>(), 6),
+        vec(any::<i32>(), 0..5),
+        any::<bool>(),
+        "[a-z/ -]{0,15}",
+    )
+        .prop_map(|(ids, threads, zombie, comm)| pb::ProcessEntry {
             pid: ids[0],
             ppid: ids[1],
             pgid: ids[2],
@@ -286,8 +291,8 @@ pub fn process_tree() -> impl Strategy<Value = pb::ProcessTree> {
             zombie,
             exit_code: ids[4],
             exit_signal: ids[5],
-        },
-    );
+            comm,
+        });
     vec(entry, 0..8).prop_map(|processes| pb::ProcessTree { processes })
 }
 
