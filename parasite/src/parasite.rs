@@ -14,8 +14,8 @@ use core::arch::asm;
 use core::mem::size_of;
 
 use crate::parasite_abi::{
-    cmd, Command, IoVec, Itimers, Misc, ParasiteArgs, Reply, SigAltStack, Sigactions,
-    PARASITE_ABI_VERSION, PARASITE_MAGIC, VMSPLICE_MAX_IOVS,
+    cmd, Command, IoVec, Itimers, Misc, ParasiteArgs, PosixTimerState, Reply, SigAltStack,
+    Sigactions, PARASITE_ABI_VERSION, PARASITE_MAGIC, VMSPLICE_MAX_IOVS,
 };
 use crate::sys::{self, nr};
 
@@ -26,6 +26,7 @@ mod more_nr {
     pub const SENDTO: usize = 44;
     pub const UMASK: usize = 95;
     pub const PERSONALITY: usize = 135;
+    pub const TIMER_GETTIME: usize = 224;
 }
 
 const EINTR: isize = 4;
@@ -143,6 +144,7 @@ fn dispatch(args: &ParasiteArgs, command: &Command) -> Reply {
             get_misc(m);
             0
         }),
+        cmd::GET_POSIX_TIMERS => get_posix_timers(args, command.arg0 as usize),
         cmd::DUMP_PAGES => return dump_pages(args, command),
         cmd::FINI => 0,
         _ => -EINVAL,
@@ -196,6 +198,28 @@ fn get_itimers(out: &mut Itimers) -> isize {
         if sys::is_err(ret) {
             return ret;
         }
+    }
+    0
+}
+
+fn get_posix_timers(args: &ParasiteArgs, count: usize) -> isize {
+    if count.saturating_mul(size_of::<PosixTimerState>()) > args.data_len as usize {
+        return -EINVAL;
+    }
+    // SAFETY: the data area holds `count` entries (checked above), which
+    // rcr does not touch until the reply.
+    let timers =
+        unsafe { core::slice::from_raw_parts_mut(args.data_addr as *mut PosixTimerState, count) };
+    for t in timers {
+        // SAFETY: timer_gettime writes one itimerspec into `t.spec`.
+        let ret = unsafe {
+            sys::syscall2(
+                more_nr::TIMER_GETTIME,
+                t.id as usize,
+                &mut t.spec as *mut _ as usize,
+            )
+        };
+        t.status = ret.min(0) as i32;
     }
     0
 }

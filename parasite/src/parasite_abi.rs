@@ -15,7 +15,7 @@
 //! where it was seized through `rt_sigreturn` on a frame rcr prepared.
 
 /// Bumped whenever a type in this module changes layout or meaning.
-pub const PARASITE_ABI_VERSION: u32 = 2;
+pub const PARASITE_ABI_VERSION: u32 = 3;
 
 /// Magic at the start of [`ParasiteArgs`], "rcrP".
 pub const PARASITE_MAGIC: u32 = 0x5072_6372;
@@ -65,6 +65,9 @@ pub mod cmd {
     /// Reply, then wait for the next message: rcr interrupts the task there
     /// and cures it, or the parasite sees EOF if rcr died first.
     pub const FINI: u32 = 6;
+    /// For each of the `arg0` [`super::PosixTimerState`]s in the data area,
+    /// read the time left and interval of the POSIX timer `id` names.
+    pub const GET_POSIX_TIMERS: u32 = 7;
 }
 
 /// One command message, rcr → parasite.
@@ -189,6 +192,33 @@ pub struct Misc {
     pub umask: i64,
 }
 
+/// The kernel's `struct timespec`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: i64,
+}
+
+/// The kernel's `struct itimerspec`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Itimerspec {
+    pub interval: Timespec,
+    /// Time to the next expiry; zero when disarmed.
+    pub value: Timespec,
+}
+
+/// One POSIX timer for [`cmd::GET_POSIX_TIMERS`]: rcr fills `id`, the
+/// parasite `status` (0 or `-errno` of `timer_gettime`) and `spec`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PosixTimerState {
+    pub id: i32,
+    pub status: i32,
+    pub spec: Itimerspec,
+}
+
 /// One `struct iovec` for [`cmd::DUMP_PAGES`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -216,6 +246,8 @@ mod tests {
         assert_eq!(size_of::<Itimerval>(), 32);
         assert_eq!(size_of::<Itimers>(), 96);
         assert_eq!(size_of::<IoVec>(), 16);
+        assert_eq!(size_of::<Itimerspec>(), 32);
+        assert_eq!(size_of::<PosixTimerState>(), 40);
         assert_eq!(size_of::<Command>(), 16);
         assert_eq!(size_of::<Reply>(), 16);
         assert_eq!(size_of::<ParasiteArgs>(), 48);

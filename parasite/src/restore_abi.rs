@@ -5,7 +5,7 @@
 //! a [`RestoreArgs`], then the arrays it points to, the signal frame and the
 //! restorer's stack. Every pointer in here is an absolute address in the task.
 
-pub use crate::parasite_abi::{Itimerval, KernelSigaction, Timeval};
+pub use crate::parasite_abi::{Itimerspec, Itimerval, KernelSigaction, Timespec, Timeval};
 
 /// Bumped whenever a layout below changes; the restorer refuses a mismatch.
 pub const RESTORE_ABI_VERSION: u32 = 3;
@@ -78,6 +78,7 @@ pub enum Step {
     /// A new task or thread got another id than its saved one: `rdx` holds
     /// the saved id, `rcx` the one the kernel gave.
     WrongPid = 22,
+    PosixTimer = 23,
     /// Steps run by the engine's code in the new task, before the restorer.
     ChildSync = 32,
     ChildSession = 33,
@@ -86,6 +87,7 @@ pub enum Step {
     ChildHole = 36,
     ChildFork = 37,
     ChildExit = 38,
+    ChildLocks = 39,
 }
 
 impl Step {
@@ -115,6 +117,7 @@ impl Step {
             TidAddress,
             RobustList,
             WrongPid,
+            PosixTimer,
             ChildSync,
             ChildSession,
             ChildFds,
@@ -122,6 +125,7 @@ impl Step {
             ChildHole,
             ChildFork,
             ChildExit,
+            ChildLocks,
         ];
         all.into_iter().find(|s| *s as u64 == raw)
     }
@@ -151,6 +155,9 @@ impl Step {
             Step::TidAddress => "setting a thread's clear-child-tid address",
             Step::RobustList => "setting a thread's robust futex list",
             Step::WrongPid => "taking a saved pid",
+            Step::PosixTimer => {
+                "creating a POSIX timer with its saved id (PR_TIMER_CREATE_RESTORE_IDS)"
+            }
             Step::ChildSync => "waiting for rcr's next command",
             Step::ChildSession => "restoring session and process group",
             Step::ChildFds => "installing file descriptors",
@@ -158,6 +165,7 @@ impl Step {
             Step::ChildHole => "mapping the restorer",
             Step::ChildFork => "forking a child with its saved pid",
             Step::ChildExit => "exiting to become a zombie again",
+            Step::ChildLocks => "taking a POSIX record lock again (fd in 'at')",
         }
     }
 }
@@ -294,6 +302,29 @@ pub struct ThreadArgs {
     pub comm: [u8; 16],
 }
 
+/// The kernel's `struct sigevent` (64 bytes on x86_64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelSigevent {
+    pub value: u64,
+    pub signo: i32,
+    /// `SIGEV_SIGNAL`, `SIGEV_NONE`, `SIGEV_THREAD_ID` (with `tid`).
+    pub notify: i32,
+    pub tid: i32,
+    pub _pad: [i32; 11],
+}
+
+/// A POSIX timer to create with its saved id and arm with its time left.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PosixTimerEntry {
+    pub id: i32,
+    pub clockid: i32,
+    pub sigevent: KernelSigevent,
+    /// Relative; a zero value leaves the timer disarmed.
+    pub spec: Itimerspec,
+}
+
 /// `struct clone_args` of `<linux/sched.h>` up to `set_tid_size`
 /// (`CLONE_ARGS_SIZE_VER1`): what the engine and the restorer pass to
 /// `clone3` to create tasks with their saved ids.
@@ -358,6 +389,10 @@ pub struct RestoreArgs {
     /// [`TRAP_NEXT_PID`] (rcr arranges each tid), not by `clone3` with
     /// `set_tid`. Filled in by the engine's code in the new task.
     pub plain_clone: u64,
+    /// POSIX timers, created by the leader once every thread exists (a
+    /// timer may signal one thread).
+    pub posix_timers: u64,
+    pub nr_posix_timers: u64,
 }
 
 #[cfg(test)]
@@ -385,6 +420,9 @@ mod tests {
         assert_eq!(size_of::<KernelSigaction>(), 32);
         assert_eq!(size_of::<Itimerval>(), 32);
         assert_eq!(size_of::<PendingSignal>(), 136);
+        assert_eq!(size_of::<KernelSigevent>(), 64);
+        assert_eq!(offset_of!(KernelSigevent, tid), 16);
+        assert_eq!(size_of::<PosixTimerEntry>(), 104);
     }
 
     #[test]

@@ -18,6 +18,9 @@ const PR_SET_MM: usize = 35;
 const PR_SET_MM_MAP: usize = 14;
 const PR_SET_PDEATHSIG: usize = 1;
 const PR_SET_NAME: usize = 15;
+const PR_TIMER_CREATE_RESTORE_IDS: usize = 77;
+const TIMER_CREATE: usize = 222;
+const TIMER_SETTIME: usize = 223;
 const ARCH_SET_GS: usize = 0x1001;
 const ARCH_SET_FS: usize = 0x1002;
 const MADV_POPULATE_WRITE: usize = 23;
@@ -122,6 +125,7 @@ fn restore(a: &RestoreArgs) -> Result<&ThreadArgs, Failure> {
     for t in others {
         spawn_thread(t, a.plain_clone != 0)?;
     }
+    restore_posix_timers(a)?;
     restore_thread(leader)?;
     Ok(leader)
 }
@@ -516,6 +520,55 @@ fn restore_timers_and_limits(a: &RestoreArgs) -> Result<(), Failure> {
         check(ret, Step::Rlimit, limit.resource as u64)?;
     }
     Ok(())
+}
+
+/// Creates each POSIX timer under its saved id and arms it. The id mode of
+/// `timer_create` is switched off again so that the program's own timers
+/// get fresh ids.
+fn restore_posix_timers(a: &RestoreArgs) -> Result<(), Failure> {
+    if a.nr_posix_timers == 0 {
+        return Ok(());
+    }
+    // SAFETY: the engine placed nr_posix_timers entries at posix_timers.
+    let timers = unsafe {
+        core::slice::from_raw_parts(
+            a.posix_timers as *const PosixTimerEntry,
+            a.nr_posix_timers as usize,
+        )
+    };
+    // SAFETY: plain prctl on this process; unused arguments must be 0.
+    let ret = unsafe { sys::syscall5(nr::PRCTL, PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0) };
+    check(ret, Step::PosixTimer, 0)?;
+    for t in timers {
+        let mut id = t.id;
+        // SAFETY: timer_create reads the sigevent and reads then writes the
+        // id, both ours; its signal stays blocked until rt_sigreturn.
+        let ret = unsafe {
+            sys::syscall3(
+                TIMER_CREATE,
+                t.clockid as usize,
+                &t.sigevent as *const KernelSigevent as usize,
+                &mut id as *mut i32 as usize,
+            )
+        };
+        check(ret, Step::PosixTimer, t.id as u64)?;
+        if t.spec.value != Timespec::default() {
+            // SAFETY: timer_settime reads the itimerspec; no old value.
+            let ret = unsafe {
+                sys::syscall4(
+                    TIMER_SETTIME,
+                    t.id as usize,
+                    0,
+                    &t.spec as *const Itimerspec as usize,
+                    0,
+                )
+            };
+            check(ret, Step::PosixTimer, t.id as u64)?;
+        }
+    }
+    // SAFETY: plain prctl on this process.
+    let ret = unsafe { sys::syscall5(nr::PRCTL, PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0) };
+    check(ret, Step::PosixTimer, 0).map(|_| ())
 }
 
 /// Reports the thread ready with a trap rcr catches, then returns into the

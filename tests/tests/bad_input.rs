@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const IDLE: &str = env!("CARGO_BIN_EXE_wl_idle");
-const INOTIFY: &str = env!("CARGO_BIN_EXE_wl_inotify");
-/// The fd wl_inotify keeps its inotify instance at.
-const INOTIFY_FD: i32 = 9;
+const FANOTIFY: &str = env!("CARGO_BIN_EXE_wl_fanotify");
+/// The fd wl_fanotify keeps its fanotify group at.
+const FANOTIFY_FD: i32 = 9;
 
 fn run_dump(dir: &TestDir, pid: i32, img: &Path) -> RcrRun {
     let pid = pid.to_string();
@@ -165,13 +165,13 @@ fn unprivileged_dump_of_a_root_process_fails_and_leaves_it_running() {
 
 #[test]
 fn dump_of_an_unsupported_fd_is_refused_and_leaves_the_process_untouched() {
-    let dir = TestDir::new("bad-inotify");
-    let mut w = Workload::spawn(&dir, Path::new(INOTIFY), &[], &[]);
+    let dir = TestDir::new("bad-fanotify");
+    let mut w = Workload::spawn(&dir, Path::new(FANOTIFY), &[], &[]);
     w.wait_ready();
     let before = dir.entries();
     let img = dir.join("img");
     let run = run_dump(&dir, w.pid, &img);
-    run.assert_failure(&[&format!("fd {INOTIFY_FD}"), "inotify"]);
+    run.assert_failure(&[&format!("fd {FANOTIFY_FD}"), "fanotify"]);
     assert_no_image_left(&dir, &img, &before);
     assert!(w.is_running(), "the workload died after a refused dump");
     w.finish_ok();

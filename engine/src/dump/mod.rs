@@ -8,7 +8,9 @@ mod staging;
 use crate::error::{Error, Result};
 use crate::infect::parasite::Parasite;
 use crate::objects::files::{self, FileTableBuilder};
-use crate::objects::{fs_context, memory, mm_fields, pstree, rlimits, signals, thread, timers};
+use crate::objects::{
+    fs_context, locks, memory, mm_fields, pstree, rlimits, signals, thread, timers,
+};
 use crate::proc::{auxv, pagemap::PageScanner, smaps, stat, status, tasks};
 use crate::ptrace;
 use rcr_images::{self as images, pb, ImageDir};
@@ -93,6 +95,8 @@ fn write_tree(tree: &SeizedTree, dir: &ImageDir, opts: &DumpOptions) -> Result<u
         pid: opts.pid,
         what: format!("this process tree: {what}"),
     })?;
+    let pids: Vec<i32> = live.iter().map(|(s, _)| s.pid()).collect();
+    locks::check_all_seen(&pids)?;
     let mut file_table = FileTableBuilder::default();
     let mut pages_bytes = 0;
     for (s, st) in &live {
@@ -112,6 +116,7 @@ fn traced(pid: i32) -> impl Fn(ptrace::PtraceError) -> Error {
 struct Inside {
     sigactions: Vec<pb::SigAction>,
     itimers: Vec<pb::Itimer>,
+    posix_timers: Vec<pb::PosixTimer>,
     misc: parasite_abi::Misc,
     pages: pb::PageMap,
 }
@@ -145,6 +150,7 @@ fn dump_process(
     }
     let exe = tasks::read_exe(pid)?;
     let exe_id = file_table.mapped_file(pid, Path::new(&exe), false)?;
+    let locks = locks::dump_locks(pid, &examined)?;
     let fds = files::dump_fds(pid, examined, file_table)?;
 
     // From outside, through ptrace, before anything touches the registers.
@@ -169,6 +175,7 @@ fn dump_process(
         threads,
         sigactions: inside.sigactions,
         itimers: inside.itimers,
+        posix_timers: inside.posix_timers,
         rlimits,
         umask: inside.misc.umask as u32,
         shared_pending: shared,
@@ -188,6 +195,7 @@ fn dump_process(
         fds,
         cwd,
         root: "/".into(),
+        locks,
     };
     let pages_bytes = inside
         .pages
@@ -210,9 +218,12 @@ fn collect_inside(
 ) -> Result<Inside> {
     let mut scanner = PageScanner::open(pid)?;
     let runs = memory::dump_runs(&mut scanner, vmas)?;
+    let listed = crate::proc::timers::read_timers(pid)?;
     let mut parasite = Parasite::infect(pid)?;
     let actions = parasite.get_sigactions()?;
     let it = parasite.get_itimers()?;
+    let ids: Vec<i32> = listed.iter().map(|t| t.id).collect();
+    let timer_states = parasite.get_posix_timers(&ids)?;
     let misc = parasite.get_misc()?;
     let (leader, others) = threads.split_first_mut().expect("the leader is seized");
     leader.altstack = Some(altstack(&parasite.get_sigaltstack()?));
@@ -228,6 +239,7 @@ fn collect_inside(
     Ok(Inside {
         sigactions,
         itimers: timers::dump_itimers(&[it.real, it.virt, it.prof]),
+        posix_timers: timers::dump_posix_timers(pid, &listed, &timer_states)?,
         misc,
         pages,
     })

@@ -33,8 +33,8 @@ use nix::sys::socket::{
 };
 use rcr_arch::sigframe::{self, AltStack, SigFrameInput};
 use rcr_parasite::parasite_abi::{
-    cmd, Command, IoVec, Itimers, Misc, ParasiteArgs, Reply, SigAltStack, Sigactions,
-    PARASITE_ABI_VERSION, PARASITE_MAGIC,
+    cmd, Command, IoVec, Itimers, Misc, ParasiteArgs, PosixTimerState, Reply, SigAltStack,
+    Sigactions, PARASITE_ABI_VERSION, PARASITE_MAGIC,
 };
 
 use crate::blob;
@@ -244,6 +244,27 @@ impl Parasite {
     pub fn get_itimers(&mut self) -> Result<Itimers, InfectError> {
         self.call(cmd::GET_ITIMERS, 0)?;
         Ok(self.area.read(self.layout.data))
+    }
+
+    /// The time left and interval of each POSIX timer in `ids`, in order.
+    pub fn get_posix_timers(&mut self, ids: &[i32]) -> Result<Vec<PosixTimerState>, InfectError> {
+        let size = size_of::<PosixTimerState>();
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(DATA_LEN / size) {
+            for (i, &id) in chunk.iter().enumerate() {
+                let state = PosixTimerState {
+                    id,
+                    ..Default::default()
+                };
+                self.area.write(self.layout.data + i * size, &state);
+            }
+            self.call(cmd::GET_POSIX_TIMERS, chunk.len() as u64)?;
+            out.extend((0..chunk.len()).map(|i| {
+                self.area
+                    .read::<PosixTimerState>(self.layout.data + i * size)
+            }));
+        }
+        Ok(out)
     }
 
     /// brk, prctl values, cpuid faulting, personality, umask.

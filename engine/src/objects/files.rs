@@ -8,7 +8,7 @@
 //! it (dup, inheritance) point at the same id, so restore opens it once and
 //! installs it at every number, and offset and flags keep moving together.
 
-use super::{deleted, epoll, eventfd, memfd, pipe, signalfd, timerfd};
+use super::{deleted, epoll, eventfd, inotify, memfd, pipe, signalfd, timerfd};
 use crate::error::{Error, Result};
 use crate::proc::fdinfo::{self, FdTarget};
 use rcr_images::pb::{self, file_entry::Kind};
@@ -34,6 +34,10 @@ pub struct FileTableBuilder {
     pipes: Inodes<pb::Pipe>,
     memfds: Inodes<pb::MemFd>,
     deleted: Inodes<pb::DeletedFile>,
+    /// Every open file description stored so far, across the tree:
+    /// (pid, fd, dev, ino, id), so that one inherited across fork is
+    /// stored once.
+    opened: Vec<(i32, i32, u64, u64, u32)>,
 }
 
 /// Objects that several open file descriptions may share, stored once each.
@@ -215,6 +219,7 @@ enum Object {
     SignalFd,
     TimerFd,
     Epoll,
+    Inotify,
     /// A memfd, by its name.
     MemFd(String),
     /// A regular file unlinked while open, by its last path.
@@ -229,6 +234,7 @@ fn classify(target: &FdTarget, meta: &std::fs::Metadata) -> Option<Object> {
             "signalfd" => Some(Object::SignalFd),
             "timerfd" => Some(Object::TimerFd),
             "eventpoll" => Some(Object::Epoll),
+            "inotify" => Some(Object::Inotify),
             _ => None,
         },
         FdTarget::Path {
@@ -296,6 +302,16 @@ pub fn examine_fds(pid: i32) -> Result<Vec<ExaminedFd>> {
 /// A descriptor that [`examine_fds`] accepted.
 pub struct ExaminedFd(OpenFd);
 
+impl ExaminedFd {
+    pub fn fd(&self) -> i32 {
+        self.0.fd
+    }
+
+    pub fn info(&self) -> &fdinfo::FdInfo {
+        &self.0.info
+    }
+}
+
 /// Stores the examined descriptors: one file entry per open file
 /// description, found with kcmp(KCMP_FILE).
 pub fn dump_fds(
@@ -303,21 +319,21 @@ pub fn dump_fds(
     fds: Vec<ExaminedFd>,
     files: &mut FileTableBuilder,
 ) -> Result<Vec<pb::Fd>> {
-    let mut seen: Vec<(i32, u64, u64, u32)> = Vec::new();
     let mut out = Vec::with_capacity(fds.len());
     for ExaminedFd(f) in fds {
         let (dev, ino) = (f.meta.dev(), f.meta.ino());
-        let shared = seen
+        let shared = files
+            .opened
             .iter()
-            .find(|(other, d, i, _)| *d == dev && *i == ino && same_file(pid, *other, f.fd))
-            .map(|(_, _, _, id)| *id);
+            .find(|(p, other, d, i, _)| *d == dev && *i == ino && same_file(*p, *other, pid, f.fd))
+            .map(|(_, _, _, _, id)| *id);
         let cloexec = f.info.flags & libc::O_CLOEXEC as u32 != 0;
         let id = match shared {
             Some(id) => id,
             None => {
                 let kind = dump_object(pid, &f, files)?;
                 let id = files.add(kind);
-                seen.push((f.fd, dev, ino, id));
+                files.opened.push((pid, f.fd, dev, ino, id));
                 id
             }
         };
@@ -345,6 +361,7 @@ fn dump_object(pid: i32, f: &OpenFd, files: &mut FileTableBuilder) -> Result<Kin
         Object::SignalFd => Kind::Signalfd(signalfd::dump_signalfd(pid, f.fd, &f.info, flags)?),
         Object::TimerFd => Kind::Timerfd(timerfd::dump_timerfd(pid, f.fd, &f.info, flags)?),
         Object::Epoll => Kind::Epoll(epoll::dump_epoll(pid, f.fd, &f.info, flags)?),
+        Object::Inotify => Kind::Inotify(inotify::dump_inotify(pid, f.fd, &f.info, flags)?),
         Object::MemFd(name) => {
             let memfd_id = files
                 .memfds
@@ -368,9 +385,9 @@ fn dump_object(pid: i32, f: &OpenFd, files: &mut FileTableBuilder) -> Result<Kin
     })
 }
 
-fn same_file(pid: i32, fd1: i32, fd2: i32) -> bool {
-    // SAFETY: kcmp only compares kernel objects of a process we trace.
-    let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, fd1, fd2) };
+fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> bool {
+    // SAFETY: kcmp only compares kernel objects of processes we trace.
+    let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) };
     ret == 0
 }
 
@@ -424,6 +441,7 @@ fn open_one_task<'a>(
             Kind::Eventfd(e) => eventfd::restore_eventfd(e)?,
             Kind::Signalfd(s) => signalfd::restore_signalfd(s)?,
             Kind::Timerfd(t) => timerfd::restore_timerfd(t)?,
+            Kind::Inotify(i) => inotify::restore_inotify(i)?,
             Kind::Memfd(m) => reopen_at(memfds.get(m.memfd_id)?, m.flags, m.pos)?,
             Kind::Deleted(d) => reopen_at(deleted.get(d.deleted_id)?, d.flags, d.pos)?,
             Kind::Epoll(e) => {

@@ -5,6 +5,8 @@ pub mod epoll;
 pub mod eventfd;
 pub mod files;
 pub mod fs_context;
+pub mod inotify;
+pub mod locks;
 pub mod memfd;
 pub mod memory;
 pub mod mm_fields;

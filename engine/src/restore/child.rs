@@ -10,6 +10,7 @@
 //! file descriptors, changes into the saved cwd, blocks all signals, maps
 //! the prepared hole and jumps into the restorer.
 
+use crate::objects::locks::PosixLock;
 use rcr_parasite::restore_abi::{trap_failed, CloneArgs, RestoreArgs, RseqConf, Step, TRAP_ACK};
 use std::arch::asm;
 
@@ -67,6 +68,9 @@ pub struct RestorePlan<'a> {
     pub installs: &'a [FdInstall],
     /// Inclusive ranges of descriptors to close (rcr's, not the task's).
     pub close: &'a [(u32, u32)],
+    /// Taken after the close: closing any descriptor of a file drops the
+    /// process's POSIX locks on it.
+    pub posix_locks: &'a [PosixLock],
     pub cwd_fd: i32,
     pub umask: u32,
     pub hole_start: u64,
@@ -250,6 +254,12 @@ fn go(plan: &RestorePlan, rseq: RseqConf, plain_clone: bool) -> ! {
                 libc::syscall(libc::SYS_close_range, lo, hi, 0),
                 Step::ChildFds,
             );
+        }
+        for l in plan.posix_locks {
+            if libc::fcntl(l.fd, libc::F_SETLK, &l.lock) < 0 {
+                let errno = *libc::__errno_location() as u64;
+                trap_failed(Step::ChildLocks, errno, l.fd as u64);
+            }
         }
         let all: u64 = !0;
         sys(

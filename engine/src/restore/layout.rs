@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! hole_start: restorer blob (relocated) | RestoreArgs | VMAs | page runs |
-//!             pending signals | ThreadArgs | rt_sigframe per thread |
+//!             pending signals | ThreadArgs | POSIX timers | rt_sigframe per thread |
 //!             leader stack | one stack per other thread | vDSO parking | hole_end
 //! ```
 
-use rcr_parasite::restore_abi::{PageRunEntry, PendingSignal, RestoreArgs, ThreadArgs, VmaEntry};
+use rcr_parasite::restore_abi::{
+    PageRunEntry, PendingSignal, PosixTimerEntry, RestoreArgs, ThreadArgs, VmaEntry,
+};
 use std::mem::{offset_of, size_of};
 
 const PAGE: u64 = 4096;
@@ -38,6 +40,7 @@ pub struct HoleContents {
     /// Pending signals, the process's and every thread's.
     pub pending: usize,
     pub threads: usize,
+    pub posix_timers: usize,
     /// Bytes of the largest thread's signal frame.
     pub frame_len: u64,
     pub park_len: u64,
@@ -51,6 +54,7 @@ pub struct HoleLayout {
     pub runs: u64,
     pub pending: u64,
     pub threads: u64,
+    pub posix_timers: u64,
     /// Thread `i`'s frame is at `frames + i * frame_stride`.
     pub frames: u64,
     pub frame_stride: u64,
@@ -83,7 +87,11 @@ pub fn hole_layout(c: &HoleContents) -> HoleLayout {
         pending + (c.pending * size_of::<PendingSignal>()) as u64,
         64,
     );
-    let frames = align_up(threads + (c.threads * size_of::<ThreadArgs>()) as u64, 64);
+    let posix_timers = align_up(threads + (c.threads * size_of::<ThreadArgs>()) as u64, 64);
+    let frames = align_up(
+        posix_timers + (c.posix_timers * size_of::<PosixTimerEntry>()) as u64,
+        64,
+    );
     let frame_stride = align_up(c.frame_len, 64);
     let stack_bottom = page_up(frames + c.threads as u64 * frame_stride);
     let stack_top = stack_bottom + STACK_SIZE;
@@ -95,6 +103,7 @@ pub fn hole_layout(c: &HoleContents) -> HoleLayout {
         runs,
         pending,
         threads,
+        posix_timers,
         frames,
         frame_stride,
         stack_top,
@@ -157,13 +166,15 @@ mod tests {
             runs: 5,
             pending: 1,
             threads: 3,
+            posix_timers: 2,
             frame_len: 3000,
             park_len: 0x8000,
         });
         assert_eq!(l.args % PAGE, 0);
         assert!(l.args >= 10_000);
         assert!(l.vmas < l.runs && l.runs < l.pending && l.pending < l.threads);
-        assert!(l.threads + 3 * size_of::<ThreadArgs>() as u64 <= l.frames);
+        assert!(l.threads + 3 * size_of::<ThreadArgs>() as u64 <= l.posix_timers);
+        assert!(l.posix_timers + 2 * size_of::<PosixTimerEntry>() as u64 <= l.frames);
         assert_eq!(l.frame(1) % 64, 0);
         assert!(l.frame(2) + 3000 <= l.stack_top - STACK_SIZE);
         assert_eq!(l.stack_top % 16, 0);

@@ -132,6 +132,7 @@ fn check_references(
             c.mm.exe_file_id
         ));
     }
+    crate::objects::locks::check(&c.fs)?;
     let mut seen = std::collections::HashSet::new();
     for fd in &c.fs.fds {
         if fd.fd < 0 || !seen.insert(fd.fd) {

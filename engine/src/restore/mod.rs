@@ -93,6 +93,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
             (Some(prep), Some(h)) => Some(child::RestorePlan {
                 installs: &prep.installs,
                 close,
+                posix_locks: &prep.posix_locks,
                 cwd_fd: prep.cwd_fd,
                 umask: prep.umask,
                 hole_start: h.start,
@@ -185,6 +186,7 @@ fn build_hole(
         runs: prep.runs.len(),
         pending: prep.pending.len(),
         threads: threads.len(),
+        posix_timers: prep.posix_timers.len(),
         frame_len,
         park_len: vdso::park_size(own_maps),
     });
@@ -205,6 +207,8 @@ fn build_hole(
     args.pending = hole + l.pending;
     args.threads = hole + l.threads;
     args.nr_threads = threads.len() as u64;
+    args.posix_timers = hole + l.posix_timers;
+    args.nr_posix_timers = prep.posix_timers.len() as u64;
     let parts = vdso::plan(&images.mm.vmas, own_maps, hole + l.park)?;
     args.vdso[..parts.len()].copy_from_slice(&parts);
     args.nr_vdso = parts.len() as u64;
@@ -225,6 +229,7 @@ fn build_hole(
     put_slice(&mut image, l.runs, &prep.runs);
     put_slice(&mut image, l.pending, &prep.pending);
     put_slice(&mut image, l.threads, &thread_args);
+    put_slice(&mut image, l.posix_timers, &prep.posix_timers);
     debug_assert!(l.args + size_of::<RestoreArgs>() as u64 <= l.vmas);
     Ok(BuiltHole {
         start: hole,

@@ -4,14 +4,14 @@
 
 use crate::error::{Error, Result};
 use crate::objects::{
-    files, fs_context, memory, mm_fields, rlimits, shmem, signals, thread, timers,
+    files, fs_context, locks, memory, mm_fields, rlimits, shmem, signals, thread, timers,
 };
 use crate::restore::child::FdInstall;
 use crate::restore::load::{Checkpoint, ProcessImages};
 use rcr_images::pb::{self, VmaKind};
 use rcr_parasite::restore_abi::{
-    PageRunEntry, PendingSignal, RestoreArgs, RseqConf, ThreadArgs, VdsoPart, VmaEntry,
-    RESTORE_ABI_VERSION,
+    PageRunEntry, PendingSignal, PosixTimerEntry, RestoreArgs, RseqConf, ThreadArgs, VdsoPart,
+    VmaEntry, RESTORE_ABI_VERSION,
 };
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -23,12 +23,15 @@ pub struct PreparedProcess {
     /// file first, then mapped files and the exe.
     pub restorer_fds: std::ops::Range<i32>,
     pub installs: Vec<FdInstall>,
+    /// POSIX locks the task takes once its descriptors are in place.
+    pub posix_locks: Vec<locks::PosixLock>,
     pub cwd_fd: i32,
     pub args: RestoreArgs,
     pub vmas: Vec<VmaEntry>,
     pub runs: Vec<PageRunEntry>,
     /// The process's pending signals, then each thread's.
     pub pending: Vec<PendingSignal>,
+    pub posix_timers: Vec<PosixTimerEntry>,
     /// Each thread's arguments, leader first, with `pending`/`nr_pending`
     /// holding the index of its signals in `pending` and their count.
     pub threads: Vec<ThreadArgs>,
@@ -125,12 +128,15 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
                 cloexec: f.cloexec,
             })
             .collect();
+        let posix_locks =
+            locks::prepare_locks(p.entry.pid, &images.fs, |id| source_of[&id], range.clone())?;
         processes.push(Some(prepare_process(
             p.entry.pid,
             images,
             range,
             &block,
             installs,
+            posix_locks,
             cwd_fd,
             &mut warnings,
         )?));
@@ -240,6 +246,7 @@ fn prepare_process(
     block: std::ops::Range<i32>,
     fds: &RestorerFds,
     installs: Vec<FdInstall>,
+    posix_locks: Vec<locks::PosixLock>,
     cwd_fd: i32,
     warnings: &mut Vec<String>,
 ) -> Result<PreparedProcess> {
@@ -294,16 +301,20 @@ fn prepare_process(
         threads: 0,
         nr_threads: 0,
         plain_clone: 0,
+        posix_timers: 0,
+        nr_posix_timers: 0,
     };
     Ok(PreparedProcess {
         umask: c.core.umask,
         restorer_fds: block,
         installs,
+        posix_locks,
         cwd_fd,
         args,
         vmas,
         runs,
         pending,
+        posix_timers: timers::restore_posix_timers(pid, &c.core.posix_timers)?,
         threads,
     })
 }

@@ -124,6 +124,18 @@ pub fn core() -> impl Strategy<Value = pb::Core> {
     });
     let rlimit = (0u32..16, any::<u64>(), any::<u64>())
         .prop_map(|(resource, cur, max)| pb::Rlimit { resource, cur, max });
+    let posix_timer = (vec(any::<i32>(), 5), any::<u64>(), vec(any::<u64>(), 2)).prop_map(
+        |(ints, sigval, times)| pb::PosixTimer {
+            id: ints[0],
+            clockid: ints[1],
+            notify: ints[2],
+            signo: ints[3],
+            sigval,
+            tid: ints[4],
+            value_ns: times[0],
+            interval_ns: times[1],
+        },
+    );
     (
         (any::<i32>(), ".{0,16}", vec(thread(), 0..3)),
         (vec(sigaction, 0..4), vec(itimer, 0..3), vec(rlimit, 0..4)),
@@ -135,7 +147,7 @@ pub fn core() -> impl Strategy<Value = pb::Core> {
             any::<i32>(),
         ),
         (proptest::option::of(creds()), any::<bool>(), any::<i32>()),
-        (any::<bool>(), any::<bool>()),
+        (any::<bool>(), any::<bool>(), vec(posix_timer, 0..3)),
     )
         .prop_map(
             |(
@@ -143,7 +155,7 @@ pub fn core() -> impl Strategy<Value = pb::Core> {
                 (sigactions, itimers, rlimits),
                 (umask, shared_pending, pdeathsig, personality, exit_signal),
                 (creds, cpuid_faulting, dumpable),
-                (no_new_privs, child_subreaper),
+                (no_new_privs, child_subreaper, posix_timers),
             )| pb::Core {
                 pid,
                 comm,
@@ -161,6 +173,7 @@ pub fn core() -> impl Strategy<Value = pb::Core> {
                 dumpable,
                 no_new_privs,
                 child_subreaper,
+                posix_timers,
             },
         )
 }
@@ -268,10 +281,28 @@ pub fn fs_state() -> impl Strategy<Value = pb::FsState> {
             file_id,
             cloexec,
         });
-    (vec(fd, 0..10), ".{0,40}", ".{0,40}").prop_map(|(fds, cwd, root)| pb::FsState {
-        fds,
-        cwd,
-        root,
+    // Lock kinds past the enum's end too: an image from a newer rcr may hold them.
+    let lock = (
+        any::<i32>(),
+        0i32..6,
+        any::<bool>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(|(fd, kind, write, start, len)| pb::FileLock {
+            fd,
+            kind,
+            write,
+            start,
+            len,
+        });
+    (vec(fd, 0..10), ".{0,40}", ".{0,40}", vec(lock, 0..3)).prop_map(|(fds, cwd, root, locks)| {
+        pb::FsState {
+            fds,
+            cwd,
+            root,
+            locks,
+        }
     })
 }
 
