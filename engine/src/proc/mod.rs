@@ -12,6 +12,7 @@ pub mod smaps;
 pub mod stat;
 pub mod status;
 pub mod tasks;
+pub mod unix_diag;
 
 mod read;
 
