@@ -222,6 +222,7 @@ impl Collected {
             r#type: d.kind as u32,
             state: d.state as u32,
             peer_ino: d.peer.unwrap_or(0) as u64,
+            peer_closed: d.peer == Some(0),
             backlog: if d.state == STATE_LISTEN {
                 d.rqlen.1
             } else {
@@ -453,7 +454,7 @@ fn plan(sockets: &[(u32, &pb::UnixSocket)]) -> std::result::Result<Vec<Make>, (u
             let peer = index.get(&s.peer_ino).copied().filter(|&j| j != i);
             let make = match peer {
                 Some(j) if sockets[j].1.peer_ino == s.ino => Make::Pair(j),
-                None if s.state == STATE_CONNECTED as u32 && s.peer_ino == 0 => Make::PeerClosed,
+                None if s.peer_closed => Make::PeerClosed,
                 _ => Make::Alone,
             };
             let sendable = make != Make::Alone || (s.r#type == libc::SOCK_DGRAM as u32 && binds(s));
@@ -787,8 +788,10 @@ mod tests {
         let a = sock(1, 2, STATE_CONNECTED, libc::SOCK_STREAM);
         let b = sock(2, 1, STATE_CONNECTED, libc::SOCK_STREAM);
         let mut orphan = sock(3, 0, STATE_CONNECTED, libc::SOCK_SEQPACKET);
+        orphan.peer_closed = true;
         orphan.queue = vec![b"x".to_vec()];
-        let mut server = sock(4, 0, 7, libc::SOCK_DGRAM);
+        // A datagram socket someone connected to shows as connected too.
+        let mut server = sock(4, 0, STATE_CONNECTED, libc::SOCK_DGRAM);
         server.name = b"\0srv".to_vec();
         server.queue = vec![b"hello".to_vec()];
         let client = sock(5, 4, STATE_CONNECTED, libc::SOCK_DGRAM);
