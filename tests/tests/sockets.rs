@@ -3,6 +3,7 @@
 //! the test after restore, and the refusal of a peer outside the tree.
 
 use rcr_tests::harness::{dump, restore, roundtrip, run_rcr, TestDir, Workload};
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -87,6 +88,30 @@ fn an_event_loop_server_answers_new_clients_after_restore() {
         std::thread::sleep(Duration::from_millis(20));
     }
     w.finish_ok();
+}
+
+/// `rcr dump` of the workload fails naming its pid and `keywords`, leaves
+/// no image, and the workload goes on and checks its state.
+fn refused_dump(dir: &TestDir, w: &mut Workload, keywords: &[&str]) {
+    let img = dir.join("img");
+    let pid = w.pid.to_string();
+    let args = ["dump", "--tree", &pid, "-D", img.to_str().unwrap()];
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let mut want = vec![pid.as_str()];
+    want.extend(keywords);
+    run_rcr(dir, &args).assert_failure(&want);
+    assert!(!img.exists(), "a refused dump left {}", img.display());
+    assert!(w.is_running(), "the workload died after a refused dump");
+    w.finish_ok();
+}
+
+#[test]
+fn an_inet_socket_is_refused_by_family() {
+    let dir = TestDir::new("unix-inet");
+    let program = Path::new(env!("CARGO_BIN_EXE_wl_unix_client"));
+    let mut w = Workload::spawn(&dir, program, &[], &["inet"]);
+    w.wait_ready();
+    refused_dump(&dir, &mut w, &["fd 9", "AF_INET"]);
 }
 
 #[test]
