@@ -8,6 +8,7 @@
 //! - [`sigs`]: signal sets, masks, pending sets and alt stacks.
 //! - [`maps`]: `/proc/self/maps` lookups for workloads that check mappings.
 //! - [`fdops`]: descriptor helpers for the workloads that build fd state.
+//! - [`sockops`]: unix socket helpers for the socket workloads.
 //! - [`harness`]: the test side: temp dirs, spawning, running `rcr`, waiting.
 
 pub mod fdops;
@@ -16,4 +17,5 @@ pub mod maps;
 pub mod pattern;
 pub mod regloop;
 pub mod sigs;
+pub mod sockops;
 pub mod workload;

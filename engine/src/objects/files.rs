@@ -1,14 +1,14 @@
 //! Files reached by path (regular files, directories, memory character
 //! devices) and the fd table that refers to them, dump and restore side by side.
 //! Other kinds of descriptors live in their own modules (pipe, eventfd,
-//! signalfd, timerfd, epoll, memfd, deleted); this one examines the table and hands
-//! each open file description to its kind.
+//! signalfd, timerfd, epoll, memfd, deleted, unix_socket); this one examines
+//! the table and hands each open file description to its kind.
 //!
 //! Each open file description is stored once in `files.img`; fds that share
 //! it (dup, inheritance) point at the same id, so restore opens it once and
 //! installs it at every number, and offset and flags keep moving together.
 
-use super::{deleted, epoll, eventfd, inotify, memfd, pipe, signalfd, timerfd};
+use super::{deleted, epoll, eventfd, inotify, memfd, pipe, signalfd, timerfd, unix_socket};
 use crate::error::{Error, Result};
 use crate::proc::fdinfo::{self, FdTarget};
 use rcr_images::pb::{self, file_entry::Kind};
@@ -38,6 +38,7 @@ pub struct FileTableBuilder {
     /// (pid, fd, dev, ino, id), so that one inherited across fork is
     /// stored once.
     opened: Vec<(i32, i32, u64, u64, u32)>,
+    unix: unix_socket::Collected,
 }
 
 /// Objects that several open file descriptions may share, stored once each.
@@ -140,6 +141,12 @@ impl FileTableBuilder {
         id
     }
 
+    /// Refuses a unix socket connected outside the tree, or whose queue
+    /// cannot be sent again, once every process's sockets are stored.
+    pub fn check_unix_sockets(&self) -> Result<()> {
+        self.unix.check(&self.entries)
+    }
+
     /// The finished table.
     pub fn finish(self) -> pb::FileTable {
         pb::FileTable {
@@ -224,11 +231,18 @@ enum Object {
     MemFd(String),
     /// A regular file unlinked while open, by its last path.
     Deleted(PathBuf),
+    /// A unix socket, as rcr's own descriptor of it.
+    Unix(OwnedFd),
 }
 
-fn classify(target: &FdTarget, meta: &std::fs::Metadata) -> Option<Object> {
+fn classify(
+    target: &FdTarget,
+    meta: &std::fs::Metadata,
+    socket: Option<OwnedFd>,
+) -> Option<Object> {
     match target {
         FdTarget::Pipe(_) => Some(Object::Pipe { fifo: None }),
+        FdTarget::Socket(_) => socket.map(Object::Unix),
         FdTarget::AnonInode(name) => match name.as_str() {
             "eventfd" => Some(Object::EventFd),
             "signalfd" => Some(Object::SignalFd),
@@ -276,9 +290,13 @@ pub fn examine_fds(pid: i32) -> Result<Vec<ExaminedFd>> {
         let target = fdinfo::classify_link(&link);
         let proc_path = format!("/proc/{pid}/fd/{fd}");
         let meta = std::fs::metadata(&proc_path).ok();
+        let socket = match target {
+            FdTarget::Socket(_) => Some(unix_socket::examine(pid, fd, &link)?),
+            _ => None,
+        };
         let Some((object, meta)) = meta
             .as_ref()
-            .and_then(|m| classify(&target, m))
+            .and_then(|m| classify(&target, m, socket))
             .zip(meta.clone())
         else {
             return Err(Error::UnsupportedFd {
@@ -326,13 +344,22 @@ pub fn dump_fds(
             .opened
             .iter()
             .find(|(p, other, d, i, _)| *d == dev && *i == ino && same_file(*p, *other, pid, f.fd))
-            .map(|(_, _, _, _, id)| *id);
+            .map(|(_, _, _, _, id)| *id)
+            .or_else(|| {
+                files
+                    .unix
+                    .file_of(ino)
+                    .filter(|_| matches!(f.object, Object::Unix(_)))
+            });
         let cloexec = f.info.flags & libc::O_CLOEXEC as u32 != 0;
         let id = match shared {
             Some(id) => id,
             None => {
                 let kind = dump_object(pid, &f, files)?;
                 let id = files.add(kind);
+                if let Object::Unix(_) = f.object {
+                    files.unix.stored(ino, id, pid, f.fd);
+                }
                 files.opened.push((pid, f.fd, dev, ino, id));
                 id
             }
@@ -382,6 +409,7 @@ fn dump_object(pid: i32, f: &OpenFd, files: &mut FileTableBuilder) -> Result<Kin
                 pos: f.info.pos,
             })
         }
+        Object::Unix(sock) => Kind::Unix(files.unix.dump(pid, f.fd, sock, f.meta.ino(), flags)?),
     })
 }
 
@@ -399,6 +427,7 @@ pub fn open_task_files(table: &pb::FileTable, tasks: &[&[pb::Fd]]) -> Result<Vec
     let mut pipes = Made::new(&table.pipes, |p| p.id, pipe::make_pipe);
     let mut memfds = Made::new(&table.memfds, |m| m.id, memfd::make_memfd);
     let mut deleted = Made::new(&table.deleted, |d| d.id, deleted::make_deleted);
+    let mut sockets = unix_socket::Made::default();
     let mut opened: Vec<(u32, OwnedFd)> = Vec::new();
     let mut epolls: Vec<(u32, &pb::Epoll)> = Vec::new();
     for fds in tasks {
@@ -409,6 +438,7 @@ pub fn open_task_files(table: &pb::FileTable, tasks: &[&[pb::Fd]]) -> Result<Vec
             &mut pipes,
             &mut memfds,
             &mut deleted,
+            &mut sockets,
             &mut opened,
             &mut epolls,
         )?;
@@ -425,6 +455,7 @@ fn open_one_task<'a>(
     pipes: &mut Made<'a, pb::Pipe>,
     memfds: &mut Made<'a, pb::MemFd>,
     deleted: &mut Made<'a, pb::DeletedFile>,
+    sockets: &mut unix_socket::Made,
     opened: &mut Vec<(u32, OwnedFd)>,
     epolls: &mut Vec<(u32, &'a pb::Epoll)>,
 ) -> Result<()> {
@@ -444,6 +475,7 @@ fn open_one_task<'a>(
             Kind::Inotify(i) => inotify::restore_inotify(i)?,
             Kind::Memfd(m) => reopen_at(memfds.get(m.memfd_id)?, m.flags, m.pos)?,
             Kind::Deleted(d) => reopen_at(deleted.get(d.deleted_id)?, d.flags, d.pos)?,
+            Kind::Unix(_) => sockets.take(table, fd.file_id)?,
             Kind::Epoll(e) => {
                 epolls.push((fd.file_id, e));
                 continue;

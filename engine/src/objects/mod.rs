@@ -19,4 +19,5 @@ pub mod signals;
 pub mod thread;
 pub mod timerfd;
 pub mod timers;
+pub mod unix_socket;
 pub mod vdso;

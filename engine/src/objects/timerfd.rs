@@ -81,10 +81,16 @@ pub fn restore_timerfd(t: &pb::TimerFd) -> Result<OwnedFd> {
         "timerfd_create",
     )?;
     let absolute = t.settime_flags as i32 & libc::TFD_TIMER_ABSTIME != 0;
-    let value = if absolute && t.value_ns != 0 {
-        t.taken_at_ns + t.value_ns
+    // A periodic timer that expired and was not read since shows no time
+    // left, yet runs on: its next expiration is one interval away.
+    let left = match t.value_ns {
+        0 => t.interval_ns,
+        v => v,
+    };
+    let value = if absolute && left != 0 {
+        t.taken_at_ns + left
     } else {
-        t.value_ns
+        left
     };
     let spec = libc::itimerspec {
         it_interval: timespec(t.interval_ns),
@@ -127,5 +133,28 @@ mod tests {
         assert_eq!(t.value_ns, 996_870 * NS + 618_203_999);
         assert_eq!(t.interval_ns, NS);
         assert!(t.taken_at_ns > 0);
+    }
+
+    #[test]
+    fn an_expired_unread_periodic_timer_keeps_running() {
+        let saved = pb::TimerFd {
+            clockid: libc::CLOCK_MONOTONIC,
+            ticks: 1,
+            interval_ns: 20_000_000,
+            ..Default::default()
+        };
+        let fd = restore_timerfd(&saved).unwrap();
+        let mut now = libc::itimerspec {
+            it_interval: timespec(0),
+            it_value: timespec(0),
+        };
+        // SAFETY: timerfd_gettime writes the itimerspec we own.
+        let ret = unsafe { libc::timerfd_gettime(fd.as_raw_fd(), &mut now) };
+        assert_eq!(ret, 0);
+        assert_eq!(now.it_interval.tv_nsec, 20_000_000);
+        assert!(
+            now.it_value.tv_sec > 0 || now.it_value.tv_nsec > 0,
+            "disarmed"
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod stat;
 pub mod status;
 pub mod tasks;
 pub mod timers;
+pub mod unix_diag;
 
 mod read;
 
