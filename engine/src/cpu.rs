@@ -361,15 +361,14 @@ pub fn faulting_available() -> Result<()> {
         return Ok(());
     }
     let errno = Errno::last();
+    let why = if errno == Errno::ENODEV {
+        " (this CPU or kernel cannot make CPUID fault)"
+    } else {
+        ""
+    };
     Err(Error::Preflight(format!(
-        "a CPU profile needs CPUID faulting, and arch_prctl(ARCH_SET_CPUID) gives {errno} \
-         here{}",
-        if errno == Errno::ENODEV {
-            " (ENODEV: this CPU or kernel cannot make CPUID fault; AMD CPUs before Zen 4 \
-             and most VMs cannot)"
-        } else {
-            ""
-        }
+        "a CPU profile needs CPUID faulting, and arch_prctl(ARCH_SET_CPUID) fails here with \
+         {errno}{why}"
     )))
 }
 

@@ -5,8 +5,7 @@
 
 use rcr_images::pb;
 use rcr_tests::harness::{
-    assert_no_process, copy_dir, dump, rcr_bin, run_rcr, wait_pid, Exit, TestDir, Workload,
-    EXIT_TIMEOUT,
+    assert_no_process, copy_dir, dump, rcr_bin, run_rcr, TestDir, Workload, EXIT_TIMEOUT,
 };
 use std::ffi::OsStr;
 use std::path::Path;
@@ -183,14 +182,23 @@ fn cpu_profile_masks_cpuid_or_is_refused_without_faulting() {
     }
     // rcr stays the workload's parent and tracer: it reaps it at the end.
     assert!(rcr_tests::harness::send_signal(w.pid, libc::SIGUSR1));
-    let rcr_pid = rcr.id() as i32;
-    let exit = wait_pid(rcr_pid, EXIT_TIMEOUT);
-    if exit.is_none() {
-        rcr_tests::harness::send_signal(rcr_pid, libc::SIGKILL);
-        let _ = rcr.wait();
-    }
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = rcr.try_wait().expect("poll rcr") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = rcr.kill();
+            let _ = rcr.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     w.reaped_elsewhere();
-    assert_eq!(exit, Some(Exit::Code(0)), "rcr restore serving the profile");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "rcr restore serving the profile ended with {status:?}"
+    );
     let verdict = w.verdict().expect("the workload wrote a verdict");
     assert_eq!(verdict.line, "OK", "CPUID answers under x86-64-v2");
 }

@@ -287,7 +287,9 @@ fn preflight_profile(
     };
     if *mode == crate::cpu::ProfileMode::GlibcHwcaps {
         return Err(Error::Preflight(
-            "--cpu-profile-mode glibc-hwcaps cannot apply to a restored program: glibc reads              GLIBC_TUNABLES when a program starts, and this one already chose its code paths;              use CPUID faulting (the default mode) or start the program with `rcr run`"
+            "--cpu-profile-mode glibc-hwcaps cannot apply to a restored program: glibc reads \
+             GLIBC_TUNABLES when a program starts, and this one already chose its code paths; \
+             use CPUID faulting (the default mode) or start the program with `rcr run`"
                 .into(),
         ));
     }
@@ -297,7 +299,8 @@ fn preflight_profile(
         let seen = rcr_arch::features::missing_on(&crate::cpu::from_info(saved), &table);
         if !seen.is_empty() {
             warnings.push(format!(
-                "the program already saw features that CPU profile {} hides, and may go on                  using them: {}",
+                "the program already saw features that CPU profile {} hides, and may go on \
+                 using them: {}",
                 profile.spec,
                 seen.join(", ")
             ));
