@@ -239,14 +239,4 @@ mod tests {
             host_stub(0x8000_0002, 0)
         );
     }
-
-    #[test]
-    fn peek_reads_own_child_code() {
-        use crate::infect::test_child::Child;
-        let child = Child::spawn_spinner();
-        let _task = child.seize_and_interrupt();
-        let regs = ptrace::get_regs(child.pid).unwrap();
-        assert!(peek_insn(child.pid, regs.rip).is_some());
-        assert_eq!(peek_insn(child.pid, 8), None);
-    }
 }
