@@ -70,6 +70,8 @@ pub struct CpuSnapshot {
 
 /// Leaf holding the XSAVE enumeration.
 pub(crate) const XSAVE_LEAF: u32 = 0xd;
+/// Highest sub-leaf of leaf 7 recorded (7.0 EAX says how many exist).
+const MAX_LEAF7_SUB: u32 = 3;
 /// First extended leaf; its EAX is the highest extended leaf.
 const EXT_BASE: u32 = 0x8000_0000;
 
@@ -96,25 +98,33 @@ impl CpuSnapshot {
             CpuidResult::default()
         };
         if max_basic >= 7 {
-            take(7, 0);
+            let max_sub = take(7, 0).eax;
             take(7, 1);
+            for sub in 2..=max_sub.min(MAX_LEAF7_SUB) {
+                take(7, sub);
+            }
         }
         let mut xsave_size = 0;
         if max_basic >= XSAVE_LEAF {
-            xsave_size = take(XSAVE_LEAF, 0).ebx;
+            let l = take(XSAVE_LEAF, 0);
+            xsave_size = l.ebx;
             take(XSAVE_LEAF, 1);
-            // Components 2.. carry the offsets an XSAVE area of this CPU uses.
+            // Components 2.. carry the offsets, sizes and alignment an XSAVE
+            // area of this CPU uses; supported ones too, for masking.
+            let supported = u64::from(l.eax) | (u64::from(l.edx) << 32) | xcr0;
             for i in 2..64 {
-                if xcr0 & (1 << i) != 0 {
+                if supported & (1 << i) != 0 {
                     take(XSAVE_LEAF, i);
                 }
             }
         }
-        if max_basic >= 0x14 {
-            take(0x14, 0);
+        for leaf in [0x14, 0x19, 0x24] {
+            if max_basic >= leaf {
+                take(leaf, 0);
+            }
         }
         let max_ext = take(EXT_BASE, 0).eax;
-        for leaf in [0x8000_0001, 0x8000_0007, 0x8000_0008] {
+        for leaf in [0x8000_0001, 0x8000_0007, 0x8000_0008, 0x8000_0021] {
             if max_ext >= leaf {
                 take(leaf, 0);
             }
@@ -222,6 +232,8 @@ mod tests {
                 (1, 0),
                 (7, 0),
                 (7, 1),
+                (7, 2),
+                (7, 3),
                 (0x8000_0000, 0),
                 (0x8000_0001, 0)
             ]

@@ -84,6 +84,7 @@ pub const FEATURES: &[Feature] = &[
     f("rtm", 7, 0, Ebx, 11),
     f("avx512f", 7, 0, Ebx, 16),
     f("avx512dq", 7, 0, Ebx, 17),
+    f("mpx", 7, 0, Ebx, 14),
     f("rdseed", 7, 0, Ebx, 18),
     f("adx", 7, 0, Ebx, 19),
     f("avx512ifma", 7, 0, Ebx, 21),
@@ -131,6 +132,8 @@ pub const FEATURES: &[Feature] = &[
     f("fsrc", 7, 1, Eax, 12),
     f("amx_fp16", 7, 1, Eax, 21),
     f("avx_ifma", 7, 1, Eax, 23),
+    // Leaf 7.1, EDX.
+    f("apx_f", 7, 1, Edx, 21),
     // Leaf 0xD.1, EAX.
     f("xsaveopt", 0xd, 1, Eax, 0),
     f("xsavec", 0xd, 1, Eax, 1),
@@ -175,6 +178,19 @@ const XCR0_COMPONENTS: &[(u8, &str)] = &[
 /// Name for an XCR0 bit without a name of its own.
 const XCR0_OTHER: &str = "xcr0.other";
 
+/// `xcr0.<component>` name of XSAVE state component `index`.
+pub fn component_name(index: u32) -> &'static str {
+    XCR0_COMPONENTS
+        .iter()
+        .find(|(b, _)| u32::from(*b) == index)
+        .map_or(XCR0_OTHER, |(_, name)| *name)
+}
+
+/// The feature table entry called `name`.
+pub fn by_name(name: &str) -> Option<&'static Feature> {
+    FEATURES.iter().find(|f| f.name == name)
+}
+
 impl Feature {
     /// Whether the snapshot has this feature (a leaf it did not record has none).
     pub fn in_snapshot(&self, snap: &CpuSnapshot) -> bool {
@@ -215,10 +231,7 @@ pub fn missing_on(image: &CpuSnapshot, host: &CpuSnapshot) -> Vec<&'static str> 
         if lost & (1 << bit) == 0 {
             continue;
         }
-        let name = XCR0_COMPONENTS
-            .iter()
-            .find(|(b, _)| *b == bit)
-            .map_or(XCR0_OTHER, |(_, name)| *name);
+        let name = component_name(u32::from(bit));
         if !missing.contains(&name) {
             missing.push(name);
         }

@@ -4,6 +4,8 @@
 mod bytes;
 pub mod cpuid;
 pub mod features;
+pub mod profile;
 pub mod regs;
 pub mod sigframe;
+pub mod xconvert;
 pub mod xsave;

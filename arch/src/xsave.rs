@@ -74,6 +74,8 @@ pub struct XComponent {
     pub offset: u32,
     /// Size in bytes.
     pub size: u32,
+    /// Starts 64-byte aligned in the compacted format (CPUID.0xD.i:ECX bit 1).
+    pub align64: bool,
 }
 
 /// The standard-format XSAVE layout of one CPU with one XCR0.
@@ -102,6 +104,7 @@ impl XsaveLayout {
                 index: 0,
                 offset: 0,
                 size: XMM_OFFSET as u32,
+                align64: false,
             });
         }
         if xcr0 & 2 != 0 {
@@ -109,6 +112,7 @@ impl XsaveLayout {
                 index: 1,
                 offset: XMM_OFFSET as u32,
                 size: (XMM_COUNT * 16) as u32,
+                align64: false,
             });
         }
         for index in 2..64 {
@@ -118,6 +122,7 @@ impl XsaveLayout {
                     index,
                     offset: r.ebx,
                     size: r.eax,
+                    align64: r.ecx & 2 != 0,
                 });
             }
         }
@@ -267,7 +272,8 @@ mod tests {
             Some(&XComponent {
                 index: 2,
                 offset: 576,
-                size: 256
+                size: 256,
+                align64: false,
             })
         );
         assert_eq!(layout.component(3), None);

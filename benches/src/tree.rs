@@ -194,7 +194,7 @@ pub fn round_trip(args: &[String], dir: &std::path::Path) -> RoundTrip {
     let t = Instant::now();
     let restored = rcr_engine::restore(&rcr_engine::RestoreOptions {
         dir: dir.to_path_buf(),
-        pids: rcr_engine::PidChoice::Auto,
+        ..Default::default()
     })
     .unwrap_or_else(|e| panic!("restore {args:?}: {e}"));
     let restore_s = t.elapsed().as_secs_f64();

@@ -46,6 +46,34 @@ enum Command {
         /// else spin), or only set_tid, ns_last_pid or spin.
         #[arg(long, value_name = "HOW", default_value = "auto", value_parser = parse_pids)]
         pids: rcr_engine::PidChoice,
+        /// How closely this CPU must match the checkpoint's: strict (same
+        /// vendor, family, model and XSAVE layout too), compatible (no feature
+        /// the program could have seen is missing) or none (warn only).
+        #[arg(long, value_name = "MODE", default_value = "compatible")]
+        cpu_check: rcr_engine::cpu::CpuCheck,
+        /// Run the restored program under a CPU profile: x86-64-v2|v3|v4, a
+        /// file of feature names, `rcr cpu --json` output or a checkpoint dir;
+        /// comma-separated for their intersection. rcr stays to answer CPUID.
+        #[arg(long, value_name = "PROFILE")]
+        cpu_profile: Option<String>,
+        /// How the profile is enforced: faulting (CPUID faulting, answered by
+        /// rcr) or glibc-hwcaps (only for programs started later).
+        #[arg(
+            long,
+            value_name = "MODE",
+            default_value = "faulting",
+            requires = "cpu_profile"
+        )]
+        cpu_profile_mode: rcr_engine::cpu::ProfileMode,
+    },
+    /// Print this host's CPU: identity, features by name, XSAVE layout.
+    Cpu {
+        /// The whole record as JSON (readable back as a --cpu-profile).
+        #[arg(long)]
+        json: bool,
+        /// Show the CPU as a program under this profile would see it.
+        #[arg(long, value_name = "PROFILE")]
+        profile: Option<String>,
     },
     /// Print a checkpoint as JSON, with where each thread was stopped.
     Show {
@@ -80,8 +108,24 @@ fn run(cli: Cli) -> Result<(), rcr_engine::Error> {
                 println!("{}", serde_json::to_string(&s).expect("stats serialize"));
             }
         }
-        Command::Restore { dir, stats, pids } => {
-            let s = rcr_engine::restore(&rcr_engine::RestoreOptions { dir, pids })?;
+        Command::Restore {
+            dir,
+            stats,
+            cpu_check,
+            cpu_profile,
+            cpu_profile_mode,
+            pids,
+        } => {
+            let cpu_profile = cpu_profile
+                .map(|p| rcr_engine::cpu::CpuProfile::parse(&p))
+                .transpose()?
+                .map(|p| (p, cpu_profile_mode));
+            let s = rcr_engine::restore(&rcr_engine::RestoreOptions {
+                dir,
+                pids,
+                cpu_check,
+                cpu_profile,
+            })?;
             for w in &s.warnings {
                 eprintln!("rcr: warning: {w}");
             }
@@ -89,6 +133,22 @@ fn run(cli: Cli) -> Result<(), rcr_engine::Error> {
                 eprintln!("{}", serde_json::to_string(&s).expect("stats serialize"));
             }
             println!("{}", s.pid);
+            if let Some(emulator) = s.cpu_emulator {
+                std::io::Write::flush(&mut std::io::stdout())
+                    .map_err(|e| rcr_engine::Error::io("stdout", e))?;
+                emulator.serve()?;
+            }
+        }
+        Command::Cpu { json, profile } => {
+            let profile = profile
+                .map(|p| rcr_engine::cpu::CpuProfile::parse(&p))
+                .transpose()?;
+            let v = rcr_engine::cpu::host_json(profile.as_ref());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            } else {
+                println!("{}", rcr_engine::cpu::summary(&v));
+            }
         }
         Command::Show { dir } => {
             let v = rcr_engine::show(&dir)?;

@@ -7,7 +7,8 @@
 
 pub mod blob;
 mod caps;
-mod cpu;
+pub mod cpu;
+pub mod cpu_mask;
 mod dump;
 pub mod error;
 pub mod infect;

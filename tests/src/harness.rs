@@ -595,8 +595,14 @@ impl Workload {
     }
 
     /// Marks the pid as ours again (after a restore recreated it).
-    fn rearm(&mut self) {
+    pub fn rearm(&mut self) {
         self.armed = true;
+    }
+
+    /// The process ended and was reaped by its own parent (an `rcr restore`
+    /// that stayed to serve it): the pid is no longer ours to kill or reap.
+    pub fn reaped_elsewhere(&mut self) {
+        self.armed = false;
     }
 }
 

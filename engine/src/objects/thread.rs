@@ -150,7 +150,14 @@ pub fn comm_bytes(comm: &str) -> [u8; 16] {
 
 /// Restore side: the frame that rt_sigreturn turns back into this thread.
 /// A thread stopped inside a system call gets it re-executed.
-pub fn sigframe(pid: i32, t: &pb::ThreadCore, xfeatures: u64, frame_addr: u64) -> Result<SigFrame> {
+/// `xsave` is the thread's area already moved to this host's layout.
+pub fn sigframe(
+    pid: i32,
+    t: &pb::ThreadCore,
+    xsave: &[u8],
+    xfeatures: u64,
+    frame_addr: u64,
+) -> Result<SigFrame> {
     let regs = t.regs.as_ref().ok_or_else(|| Error::Invalid {
         path: format!("core-{pid}.img").into(),
         what: format!("thread {} has no registers", t.tid),
@@ -159,7 +166,7 @@ pub fn sigframe(pid: i32, t: &pb::ThreadCore, xfeatures: u64, frame_addr: u64) -
     let alt = t.altstack.unwrap_or_default();
     let input = SigFrameInput {
         regs: &regs,
-        xsave: &t.xsave,
+        xsave,
         xfeatures,
         sigmask: t.sigmask,
         altstack: AltStack {

@@ -33,6 +33,10 @@ pub struct Release {
     /// Threads interrupted in a restartable syscall, with their saved
     /// registers (see [`rcr_arch::regs::interrupted_restartable`]).
     pub in_syscall: Vec<(i32, UserRegs)>,
+    /// Arm CPUID faulting in every thread before it runs.
+    pub arm_cpuid_faulting: bool,
+    /// Stay its tracer (for the CPUID emulator) instead of detaching.
+    pub keep_traced: bool,
 }
 
 /// Kills the processes rcr created unless they were released.
@@ -379,10 +383,13 @@ fn finish(p: &Release, (hole_start, hole_len): (u64, u64)) -> Result<()> {
             at: hole_start,
         });
     }
+    for tid in all().filter(|_| p.arm_cpuid_faulting) {
+        crate::cpu_mask::arm(tid)?;
+    }
     for tid in all() {
         match p.in_syscall.iter().find(|(t, _)| *t == tid) {
-            Some((_, saved)) => release_in_syscall(tid, saved)?,
-            None => ptrace::detach(tid, 0).map_err(traced(tid))?,
+            Some((_, saved)) => release_in_syscall(tid, saved, p.keep_traced)?,
+            None => release(tid, 0, p.keep_traced)?,
         }
     }
     Ok(())
@@ -392,14 +399,14 @@ fn finish(p: &Release, (hole_start, hole_len): (u64, u64)) -> Result<()> {
 /// again and releases it there. Should a signal come first, the thread gets
 /// its saved registers back and the signal with them, so the kernel restarts
 /// the syscall or fails it with EINTR after the handler, as it would have.
-fn release_in_syscall(tid: i32, saved: &UserRegs) -> Result<()> {
+fn release_in_syscall(tid: i32, saved: &UserRegs, keep_traced: bool) -> Result<()> {
     loop {
         ptrace::syscall(tid, 0).map_err(traced(tid))?;
         match ptrace::wait_stop(tid).map_err(traced(tid))? {
-            Stop::Syscall => return ptrace::detach(tid, 0).map_err(traced(tid)),
+            Stop::Syscall => return release(tid, 0, keep_traced),
             Stop::Signal(sig) => {
                 ptrace::set_regs(tid, saved).map_err(traced(tid))?;
-                return ptrace::detach(tid, sig).map_err(traced(tid));
+                return release(tid, sig, keep_traced);
             }
             Stop::Interrupt | Stop::Group(_) | Stop::Event(_) => {}
             other => {
@@ -409,6 +416,16 @@ fn release_in_syscall(tid: i32, saved: &UserRegs) -> Result<()> {
                 })
             }
         }
+    }
+}
+
+/// Lets a thread run its saved program: detached, or still traced (by this
+/// thread) when a CPUID emulator will serve it.
+fn release(tid: i32, sig: i32, keep_traced: bool) -> Result<()> {
+    if keep_traced {
+        ptrace::cont(tid, sig).map_err(traced(tid))
+    } else {
+        ptrace::detach(tid, sig).map_err(traced(tid))
     }
 }
 

@@ -19,12 +19,17 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 /// What to restore and how.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
     /// The checkpoint directory.
     pub dir: PathBuf,
     /// How the saved pids may be given back.
     pub pids: pids::PidChoice,
+    /// How closely this CPU must match the checkpoint's.
+    pub cpu_check: crate::cpu::CpuCheck,
+    /// Run the restored tree under this CPU profile (needs CPUID faulting;
+    /// the caller then serves [`RestoreStats::cpu_emulator`]).
+    pub cpu_profile: Option<(crate::cpu::CpuProfile, crate::cpu::ProfileMode)>,
 }
 
 /// What a restore did.
@@ -40,6 +45,10 @@ pub struct RestoreStats {
     pub pid_strategy: pids::PidStrategy,
     /// Things restored differently from the checkpoint, in words.
     pub warnings: Vec<String>,
+    /// With a CPU profile: the tree is still traced by this thread, which
+    /// must serve its trapped CPUIDs until it ends.
+    #[serde(skip)]
+    pub cpu_emulator: Option<crate::cpu_mask::Emulator>,
 }
 
 /// Restores the checkpoint in `opts.dir`. Either the whole tree runs again
@@ -51,7 +60,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     preflight_pids(ckpt.processes.iter().flat_map(|p| {
         std::iter::once(p.entry.pid).chain(p.entry.threads.iter().skip(1).copied())
     }))?;
-    crate::cpu::check_restore(&ckpt.inventory)?;
+    let mut cpu_warnings = crate::cpu::check_restore(&ckpt.inventory, opts.cpu_check)?;
+    let masked = preflight_profile(opts, &ckpt, &mut cpu_warnings)?;
+    let self_armed = preflight_self_armed(&ckpt)?;
+    let xlayouts = (
+        crate::cpu::image_layout(&ckpt.inventory),
+        rcr_arch::xsave::XsaveLayout::host(),
+    );
     let prepared = prepare::prepare(&ckpt)?;
     let pages_bytes = prepared
         .processes
@@ -64,7 +79,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     let mut built = Vec::with_capacity(ckpt.processes.len());
     for (p, prep) in ckpt.processes.iter().zip(&prepared.processes) {
         built.push(match (&p.images, prep) {
-            (Some(images), Some(prep)) => Some(build_hole(images, prep, &own_maps)?),
+            (Some(images), Some(prep)) => Some(build_hole(images, prep, &own_maps, &xlayouts)?),
             _ => None,
         });
     }
@@ -117,6 +132,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
             threads: p.entry.threads.iter().skip(1).copied().collect(),
             hole: hole.as_ref().map(|h| (h.start, h.image.len() as u64)),
             exit_code: p.entry.exit_code,
+            arm_cpuid_faulting: masked.is_some() || self_armed.contains(&p.entry.pid),
+            keep_traced: masked.is_some(),
             in_syscall: p.images.as_ref().map_or_else(Vec::new, |i| {
                 i.core
                     .threads
@@ -141,12 +158,18 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     )?;
     let mut warnings = prepared.warnings;
     warnings.append(&mut pids.warnings);
+    warnings.extend(cpu_warnings);
+    let tids = releases
+        .iter()
+        .filter(|r| r.hole.is_some())
+        .flat_map(|r| std::iter::once(r.pid).chain(r.threads.iter().copied()));
     Ok(RestoreStats {
         pid,
         pages_bytes,
         seconds: started.elapsed().as_secs_f64(),
         pid_strategy: pids.strategy(),
         warnings,
+        cpu_emulator: masked.map(|table| crate::cpu_mask::Emulator::new(table, tids)),
     })
 }
 
@@ -167,6 +190,10 @@ fn build_hole(
     images: &load::ProcessImages,
     prep: &prepare::PreparedProcess,
     own_maps: &[maps::MapsEntry],
+    (image_xsave, host_xsave): &(
+        Option<rcr_arch::xsave::XsaveLayout>,
+        rcr_arch::xsave::XsaveLayout,
+    ),
 ) -> Result<BuiltHole> {
     let pid = images.core.pid;
     let blob = blob::restorer();
@@ -174,10 +201,14 @@ fn build_hole(
         .symbol("rcr_restorer_main")
         .expect("the restorer blob has its entry point");
     let threads = &images.core.threads;
-    let xfeatures = rcr_arch::cpuid::xcr0();
-    let frame_len = threads
+    let xfeatures = host_xsave.xcr0;
+    let areas = threads
         .iter()
-        .map(|t| rcr_arch::sigframe::frame_size(t.xsave.len()) as u64 + 64)
+        .map(|t| crate::cpu::xsave_for_host(pid, t.tid, &t.xsave, image_xsave.as_ref(), host_xsave))
+        .collect::<Result<Vec<_>>>()?;
+    let frame_len = areas
+        .iter()
+        .map(|a| rcr_arch::sigframe::frame_size(a.len()) as u64 + 64)
         .max()
         .unwrap_or(0);
     let l = hole_layout(&HoleContents {
@@ -214,7 +245,7 @@ fn build_hole(
     args.nr_vdso = parts.len() as u64;
     let mut thread_args = prep.threads.clone();
     for (i, (t, ta)) in threads.iter().zip(thread_args.iter_mut()).enumerate() {
-        let frame = thread::sigframe(pid, t, xfeatures, hole + l.frame(i))?;
+        let frame = thread::sigframe(pid, t, &areas[i], xfeatures, hole + l.frame(i))?;
         let at = l.frame(i) as usize;
         image[at..at + frame.bytes.len()].copy_from_slice(&frame.bytes);
         ta.sigframe_rsp = frame.rsp;
@@ -261,6 +292,59 @@ fn close_ranges(
     }
     out.push((next as u32, u32::MAX));
     out
+}
+
+/// With a CPU profile: checks that it can be enforced here and returns the
+/// masked CPUID table; warns of features the program already saw that the
+/// profile hides (it may go on using them).
+fn preflight_profile(
+    opts: &RestoreOptions,
+    ckpt: &load::Checkpoint,
+    warnings: &mut Vec<String>,
+) -> Result<Option<rcr_arch::cpuid::CpuSnapshot>> {
+    let Some((profile, mode)) = &opts.cpu_profile else {
+        return Ok(None);
+    };
+    if *mode == crate::cpu::ProfileMode::GlibcHwcaps {
+        return Err(Error::Preflight(
+            "--cpu-profile-mode glibc-hwcaps cannot apply to a restored program: glibc reads \
+             GLIBC_TUNABLES when a program starts, and this one already chose its code paths; \
+             use CPUID faulting (the default mode) or start the program with `rcr run`"
+                .into(),
+        ));
+    }
+    crate::cpu::faulting_available()?;
+    let table = profile.masked_host();
+    if let Some(saved) = &ckpt.inventory.cpu {
+        let seen = rcr_arch::features::missing_on(&crate::cpu::from_info(saved), &table);
+        if !seen.is_empty() {
+            warnings.push(format!(
+                "the program already saw features that CPU profile {} hides, and may go on \
+                 using them: {}",
+                profile.spec,
+                seen.join(", ")
+            ));
+        }
+    }
+    Ok(Some(table))
+}
+
+/// Processes that had CPUID faulting armed themselves: they get it back,
+/// which needs a host that supports it.
+fn preflight_self_armed(ckpt: &load::Checkpoint) -> Result<Vec<i32>> {
+    let armed: Vec<i32> = ckpt
+        .processes
+        .iter()
+        .filter_map(|p| p.images.as_ref())
+        .filter(|i| i.core.cpuid_faulting)
+        .map(|i| i.core.pid)
+        .collect();
+    if let Some(pid) = armed.first() {
+        crate::cpu::faulting_available().map_err(|e| {
+            Error::Preflight(format!("process {pid} had CPUID faulting armed: {e}"))
+        })?;
+    }
+    Ok(armed)
 }
 
 /// How long a restore waits for exited processes that still hold a saved

@@ -336,21 +336,33 @@ pub fn inventory() -> impl Strategy<Value = pb::Inventory> {
         ecx: v[4],
         edx: v[5],
     });
+    let component =
+        (any::<[u32; 3]>(), any::<bool>()).prop_map(|(v, align64)| pb::XsaveComponent {
+            index: v[0],
+            offset: v[1],
+            size: v[2],
+            align64,
+        });
     let cpu = (
         ".{0,12}",
         vec(any::<u32>(), 4),
         vec(leaf, 0..6),
         any::<u64>(),
+        (vec(component, 0..4), any::<bool>()),
     )
-        .prop_map(|(vendor, v, leaves, xcr0)| pb::CpuInfo {
-            vendor,
-            family: v[0],
-            model: v[1],
-            stepping: v[2],
-            leaves,
-            xcr0,
-            xsave_size: v[3],
-        });
+        .prop_map(
+            |(vendor, v, leaves, xcr0, (xsave_components, xsave_compacted))| pb::CpuInfo {
+                vendor,
+                family: v[0],
+                model: v[1],
+                stepping: v[2],
+                leaves,
+                xcr0,
+                xsave_size: v[3],
+                xsave_components,
+                xsave_compacted,
+            },
+        );
     (
         (any::<u32>(), ".{0,10}", any::<i32>()),
         (".{0,20}", ".{0,40}", ".{0,10}", any::<u64>()),
