@@ -12,6 +12,7 @@ mod dump;
 pub mod error;
 pub mod infect;
 mod objects;
+pub mod privilege;
 pub mod proc;
 pub mod ptrace;
 mod restore;

@@ -47,6 +47,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
         std::iter::once(p.entry.pid).chain(p.entry.threads.iter().skip(1).copied())
     }))?;
     crate::cpu::check_restore(&ckpt.inventory)?;
+    let own_caps = crate::privilege::checked_caps(&ckpt, &opts.dir)?;
     let prepared = prepare::prepare(&ckpt)?;
     let pages_bytes = prepared
         .processes
@@ -110,6 +111,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
             threads: p.entry.threads.iter().skip(1).copied().collect(),
             hole: hole.as_ref().map(|h| (h.start, h.image.len() as u64)),
             exit_code: p.entry.exit_code,
+            caps: own_caps.get(&p.entry.pid).cloned(),
             in_syscall: p.images.as_ref().map_or_else(Vec::new, |i| {
                 i.core
                     .threads
