@@ -40,6 +40,8 @@ pub enum Error {
     PidTaken { pid: i32, holder: String },
     #[error("process {pid}: refused: {what}")]
     Privilege { pid: i32, what: String },
+    #[error("rcr run in {}: {what}", dir.display())]
+    Run { dir: PathBuf, what: String },
     #[error("cannot restore here: {0}")]
     Preflight(String),
     #[error("restore of pid {pid} failed while {step}: {errno} (at {at:#x})")]

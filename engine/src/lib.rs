@@ -7,6 +7,7 @@
 
 pub mod blob;
 mod caps;
+pub mod check;
 mod cpu;
 mod dump;
 pub mod error;
@@ -16,9 +17,10 @@ pub mod privilege;
 pub mod proc;
 pub mod ptrace;
 mod restore;
+pub mod run;
 mod show;
 
 pub use dump::{dump, DumpOptions, DumpStats};
 pub use error::{Error, Result};
-pub use restore::{restore, RestoreOptions, RestoreStats};
+pub use restore::{restore, PidStrategy, RestoreOptions, RestoreStats};
 pub use show::show;

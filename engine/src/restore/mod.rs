@@ -1,10 +1,11 @@
 //! Restore: load and check the checkpoint, prepare everything in rcr, then
 //! create the task with its saved pid and let the restorer finish it.
 
-mod child;
+pub(crate) mod child;
 mod create;
 mod layout;
 pub(crate) mod load;
+mod pids;
 mod prepare;
 
 use crate::blob;
@@ -12,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::objects::{pstree, thread, vdso};
 use crate::proc::maps;
 use layout::{find_hole, hole_layout, put, put_slice, HoleContents};
+pub use pids::PidStrategy;
 use rcr_parasite::restore_abi::{PendingSignal, RestoreArgs};
 use std::mem::size_of;
 use std::path::PathBuf;
@@ -35,6 +37,8 @@ pub struct RestoreStats {
     pub seconds: f64,
     /// Things restored differently from the checkpoint, in words.
     pub warnings: Vec<String>,
+    /// How the saved pids were had back.
+    pub pid_strategy: PidStrategy,
 }
 
 /// Restores the checkpoint in `opts.dir`. Either the whole tree runs again
@@ -132,6 +136,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
         pages_bytes,
         seconds: started.elapsed().as_secs_f64(),
         warnings: prepared.warnings,
+        pid_strategy: PidStrategy::SetTid,
     })
 }
 
