@@ -9,6 +9,7 @@
 //! - [`maps`]: `/proc/self/maps` lookups for workloads that check mappings.
 //! - [`fdops`]: descriptor helpers for the workloads that build fd state.
 //! - [`harness`]: the test side: temp dirs, spawning, running `rcr`, waiting.
+//! - [`unpriv`]: a plain user and a copy of `rcr` with file capabilities.
 
 pub mod fdops;
 pub mod harness;
@@ -16,4 +17,5 @@ pub mod maps;
 pub mod pattern;
 pub mod regloop;
 pub mod sigs;
+pub mod unpriv;
 pub mod workload;

@@ -116,6 +116,12 @@ pub fn create(
         writers.push(w);
     }
     let root = procs[0].pid;
+    // An rcr with file capabilities is not dumpable, nor are the copies it
+    // forks, and only a dumpable task can be traced by its owner without
+    // CAP_SYS_PTRACE. Others of the user still cannot trace rcr: they lack
+    // its capabilities.
+    // SAFETY: prctl on rcr itself.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
     // The child is a copy of rcr and runs `child::run_root`, which only
     // makes raw syscalls.
     let ret = child::fork_with_pid(root, plans[0].exit_signal);
