@@ -80,6 +80,29 @@ enum Command {
         #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
         dir: PathBuf,
     },
+    /// Say what this host and caller can do, and what to do about what is missing.
+    Check {
+        /// Print the verdicts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore the checkpoint in DIR if there is one, else start CMD; in a
+    /// new pid namespace, exiting with the program's status.
+    Run {
+        /// Where the checkpoint of this program is kept.
+        #[arg(long = "image", value_name = "DIR")]
+        dir: PathBuf,
+        /// The program to start when there is no checkpoint yet.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// Checkpoint the program that `rcr run --image DIR` runs.
+    Checkpoint {
+        dir: PathBuf,
+        /// Keep the program running after the checkpoint.
+        #[arg(long)]
+        leave_running: bool,
+    },
 }
 
 fn parse_pids(how: &str) -> Result<rcr_engine::PidChoice, String> {
@@ -91,7 +114,7 @@ fn parse_pids(how: &str) -> Result<rcr_engine::PidChoice, String> {
         .ok_or_else(|| format!("{how:?}: expected auto, set_tid, ns_last_pid or spin"))
 }
 
-fn run(cli: Cli) -> Result<(), rcr_engine::Error> {
+fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
     match cli.command {
         Command::Dump {
             pid,
@@ -154,13 +177,43 @@ fn run(cli: Cli) -> Result<(), rcr_engine::Error> {
             let v = rcr_engine::show(&dir)?;
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         }
+        Command::Check { json } => {
+            let report = rcr_engine::check::check();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+            } else {
+                print_report(&report);
+            }
+        }
+        Command::Run { dir, command } => {
+            let code = rcr_engine::run::run(&rcr_engine::run::RunOptions { dir, command })?;
+            return Ok(ExitCode::from(code as u8));
+        }
+        Command::Checkpoint { dir, leave_running } => {
+            println!("{}", rcr_engine::run::checkpoint(&dir, leave_running)?);
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(report: &rcr_engine::check::Report) {
+    for v in &report.checks {
+        println!(
+            "{}: {} ({})",
+            v.name,
+            if v.ok { "yes" } else { "no" },
+            v.found
+        );
+        if let Some(a) = &v.advice {
+            println!("    -> {a}");
+        }
+    }
+    println!("pids: {}", report.pid_strategy);
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("rcr: {e}");
             ExitCode::FAILURE

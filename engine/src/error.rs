@@ -38,6 +38,10 @@ pub enum Error {
     Invalid { path: PathBuf, what: String },
     #[error("pid {pid} is in use ({holder}); it must be free to restore the checkpoint with the same pid")]
     PidTaken { pid: i32, holder: String },
+    #[error("process {pid}: refused: {what}")]
+    Privilege { pid: i32, what: String },
+    #[error("rcr run in {}: {what}", dir.display())]
+    Run { dir: PathBuf, what: String },
     #[error("cannot restore here: {0}")]
     Preflight(String),
     #[error("restore of pid {pid} failed while {step}: {errno} (at {at:#x})")]

@@ -7,15 +7,18 @@
 
 pub mod blob;
 mod caps;
+pub mod check;
 pub mod cpu;
 pub mod cpu_mask;
 mod dump;
 pub mod error;
 pub mod infect;
 mod objects;
+pub mod privilege;
 pub mod proc;
 pub mod ptrace;
 mod restore;
+pub mod run;
 mod show;
 
 pub use dump::{dump, DumpOptions, DumpStats};

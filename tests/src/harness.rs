@@ -77,6 +77,8 @@ fn errno() -> std::io::Error {
 /// test failed and `RCR_KEEP_FAILED` is set, for a look at the images).
 pub struct TestDir {
     path: PathBuf,
+    /// When set, workloads and `rcr` run as this user, `rcr` from this binary.
+    user: Option<(u32, PathBuf)>,
 }
 
 impl TestDir {
@@ -90,7 +92,30 @@ impl TestDir {
         ));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        TestDir { path }
+        TestDir { path, user: None }
+    }
+
+    /// From now on, workloads and `rcr` run as `uid` (its own group, no
+    /// supplementary groups), `rcr` from `rcr`; the dir becomes the user's.
+    pub fn run_as(&mut self, uid: u32, rcr: PathBuf) {
+        chown(&self.path, uid);
+        self.user = Some((uid, rcr));
+    }
+
+    /// The `rcr` binary this dir's commands run.
+    pub fn rcr(&self) -> PathBuf {
+        self.user
+            .as_ref()
+            .map_or_else(rcr_bin, |(_, bin)| bin.clone())
+    }
+
+    /// Applies [`TestDir::run_as`] to a command.
+    pub fn as_user(&self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        if let Some((uid, _)) = &self.user {
+            // std drops the supplementary groups when root sets a uid.
+            cmd.uid(*uid).gid(*uid);
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -115,6 +140,12 @@ impl Drop for TestDir {
         }
         let _ = fs::remove_dir_all(&self.path);
     }
+}
+
+/// Gives `path` to user and group `uid`.
+pub fn chown(path: &Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
 }
 
 /// Sorted entry names of `dir` (empty when it does not exist).
@@ -330,14 +361,16 @@ pub fn run_rcr_with(
     let err_path = dir.join(&format!("rcr-{n}.stderr"));
     let out = fs::File::create(&out_path).expect("create rcr stdout file");
     let err = fs::File::create(&err_path).expect("create rcr stderr file");
+    let rcr = dir.rcr();
     let mut cmd = match wrapper.split_first() {
         Some((prog, rest)) => {
             let mut c = Command::new(prog);
-            c.args(rest).arg(rcr_bin());
+            c.args(rest).arg(rcr);
             c
         }
-        None => Command::new(rcr_bin()),
+        None => Command::new(rcr),
     };
+    dir.as_user(&mut cmd);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn rcr: {e}"));
     let deadline = Instant::now() + timeout;
@@ -405,6 +438,9 @@ impl Workload {
         let result = dir.join("result");
         let log = dir.join("workload.log");
         let log_file = fs::File::create(&log).expect("create workload log");
+        if let Some((uid, _)) = &dir.user {
+            chown(&log, *uid);
+        }
         let log_err = log_file.try_clone().expect("dup workload log");
         use std::os::unix::process::CommandExt;
         // Reaped by pid (wait_pid) like a restored workload, not via Child.
@@ -418,6 +454,7 @@ impl Workload {
             .stdout(log_file)
             .stderr(log_err)
             .process_group(0);
+        dir.as_user(&mut child);
         // Descriptors the test runner inherited from its environment (a CI
         // agent's pipes, say) are not the workload's state: close them.
         // SAFETY: close_range is async-signal-safe, as pre_exec requires.

@@ -10,6 +10,7 @@
 //! - [`fdops`]: descriptor helpers for the workloads that build fd state.
 //! - [`sockops`]: unix socket helpers for the socket workloads.
 //! - [`harness`]: the test side: temp dirs, spawning, running `rcr`, waiting.
+//! - [`unpriv`]: a plain user and a copy of `rcr` with file capabilities.
 
 pub mod fdops;
 pub mod harness;
@@ -18,4 +19,5 @@ pub mod pattern;
 pub mod regloop;
 pub mod sigs;
 pub mod sockops;
+pub mod unpriv;
 pub mod workload;

@@ -18,6 +18,7 @@ use crate::restore::child::{self, op, ChildPlan, Command};
 use crate::restore::pids::{Arranged, PidStrategy, Pids};
 use nix::errno::Errno;
 use rcr_arch::regs::UserRegs;
+use rcr_images::pb;
 use rcr_parasite::restore_abi::{RseqConf, Step, TRAP_ACK, TRAP_FAILED, TRAP_NEXT_PID, TRAP_READY};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -30,6 +31,8 @@ pub struct Release {
     pub hole: Option<(u64, u64)>,
     /// A zombie's wait status.
     pub exit_code: i32,
+    /// The saved capabilities, where they differ from rcr's own.
+    pub caps: Option<pb::Creds>,
     /// Threads interrupted in a restartable syscall, with their saved
     /// registers (see [`rcr_arch::regs::interrupted_restartable`]).
     pub in_syscall: Vec<(i32, UserRegs)>,
@@ -119,6 +122,12 @@ pub fn create(
         writers.push(w);
     }
     let root = procs[0].pid;
+    // An rcr with file capabilities is not dumpable, nor are the copies it
+    // forks, and only a dumpable task can be traced by its owner without
+    // CAP_SYS_PTRACE. Others of the user still cannot trace rcr: they lack
+    // its capabilities.
+    // SAFETY: prctl on rcr itself.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
     let mut tries = 0;
     loop {
         let arranged = pids.arrange(root)?;
@@ -371,6 +380,9 @@ fn finish(p: &Release, (hole_start, hole_len): (u64, u64)) -> Result<()> {
     let all = || std::iter::once(p.pid).chain(p.threads.iter().copied());
     for tid in all() {
         step_through_sigreturn(tid)?;
+        if let Some(c) = &p.caps {
+            crate::privilege::set_task_caps(tid, c, hole_start)?;
+        }
     }
     let mut task = RemoteTask::new(p.pid)?;
     let ret = task.syscall(libc::SYS_munmap, [hole_start, hole_len, 0, 0, 0, 0])?;

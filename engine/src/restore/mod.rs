@@ -1,7 +1,7 @@
 //! Restore: load and check the checkpoint, prepare everything in rcr, then
 //! create the task with its saved pid and let the restorer finish it.
 
-mod child;
+pub(crate) mod child;
 mod create;
 mod layout;
 pub(crate) mod load;
@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::objects::{pstree, thread, vdso};
 use crate::proc::maps;
 use layout::{find_hole, hole_layout, put, put_slice, HoleContents};
+pub use pids::PidStrategy;
 use rcr_parasite::restore_abi::{PendingSignal, RestoreArgs};
 use std::mem::size_of;
 use std::path::PathBuf;
@@ -42,7 +43,7 @@ pub struct RestoreStats {
     /// Seconds from start until the process ran on its own.
     pub seconds: f64,
     /// How the saved pids were given back.
-    pub pid_strategy: pids::PidStrategy,
+    pub pid_strategy: PidStrategy,
     /// Things restored differently from the checkpoint, in words.
     pub warnings: Vec<String>,
     /// With a CPU profile: the tree is still traced by this thread, which
@@ -56,6 +57,7 @@ pub struct RestoreStats {
 pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     let started = Instant::now();
     let ckpt = load::load(&opts.dir)?;
+    crate::privilege::require_restore_caps()?;
     let pid = ckpt.processes[0].entry.pid;
     preflight_pids(ckpt.processes.iter().flat_map(|p| {
         std::iter::once(p.entry.pid).chain(p.entry.threads.iter().skip(1).copied())
@@ -67,6 +69,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
         crate::cpu::image_layout(&ckpt.inventory),
         rcr_arch::xsave::XsaveLayout::host(),
     );
+    let own_caps = crate::privilege::checked_caps(&ckpt, &opts.dir)?;
     let prepared = prepare::prepare(&ckpt)?;
     let pages_bytes = prepared
         .processes
@@ -134,6 +137,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
             exit_code: p.entry.exit_code,
             arm_cpuid_faulting: masked.is_some() || self_armed.contains(&p.entry.pid),
             keep_traced: masked.is_some(),
+            caps: own_caps.get(&p.entry.pid).cloned(),
             in_syscall: p.images.as_ref().map_or_else(Vec::new, |i| {
                 i.core
                     .threads

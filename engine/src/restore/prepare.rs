@@ -62,9 +62,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         .flat_map(|i| i.fs.fds.iter().map(|f| f.fd))
         .max()
         .unwrap_or(-1);
-    let fd_base = (max_target + 1).max(highest_open_fd() + 1);
     let mut held: Vec<OwnedFd> = Vec::new();
-    let mut next_fd = fd_base;
     let shmem_objects = shmem::sizes(
         c.processes
             .iter()
@@ -75,14 +73,27 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
     .map(|(id, size)| Ok((id, shmem::create(size)?)))
     .collect::<Result<BTreeMap<u64, OwnedFd>>>()?;
 
+    let opened = c
+        .processes
+        .iter()
+        .map(|p| {
+            p.images
+                .as_ref()
+                .map(|images| open_restorer_fds(c, images, &shmem_objects))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Above everything open now, so that placing one descriptor never
+    // lands on a number another block's file still holds.
+    let mut next_fd = (max_target + 1).max(highest_open_fd() + 1);
+
     // Each process's restorer block, at exact numbers.
     let mut blocks = Vec::new();
-    for p in &c.processes {
-        let Some(images) = &p.images else {
+    for block in opened {
+        let Some(mut block) = block else {
             blocks.push(None);
             continue;
         };
-        let mut block = open_restorer_fds(c, images, &shmem_objects)?;
         let start = next_fd;
         let fds = renumber(std::mem::take(&mut block.fds), start, true)?;
         next_fd += fds.len() as i32;

@@ -1,0 +1,352 @@
+//! `rcr run` and `rcr checkpoint`: a program kept restartable by a
+//! scheduler. `rcr run --image DIR -- CMD` restores `DIR/checkpoint` when
+//! there is one and starts CMD otherwise; either way inside a fresh pid and
+//! mount namespace (made inside a new user namespace when rcr lacks
+//! CAP_SYS_ADMIN), so the saved pids are always free and `set_tid` needs no
+//! host privilege.
+//!
+//! Layout: the rcr process that was started stays outside and forwards
+//! SIGTERM, SIGINT and SIGHUP; its child is the namespace's init (pid 1),
+//! which mounts the namespace's `/proc`, runs the program (pid 2 on a fresh
+//! start, its saved pids after a restore), reaps, forwards the signals to
+//! the program and serves `rcr checkpoint` on `DIR/.rcr-run.sock`: the
+//! dump runs in init, inside the namespaces, so the images hold namespace
+//! pids.
+
+use crate::error::{Error, Result};
+use crate::privilege::CapSets;
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+/// `rcr run`'s exit status when the checkpoint could not be restored (or
+/// the namespaces could not be made, or CMD not started).
+pub const RUN_FAILED: i32 = 125;
+
+/// What `rcr run` runs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Holds the checkpoint (`DIR/checkpoint`) and the control socket.
+    pub dir: PathBuf,
+    /// The program and its arguments, for a fresh start.
+    pub command: Vec<OsString>,
+}
+
+/// Where `rcr run` keeps the checkpoint of the program it runs.
+pub fn checkpoint_dir(dir: &Path) -> PathBuf {
+    dir.join("checkpoint")
+}
+
+fn socket_path(dir: &Path) -> PathBuf {
+    dir.join(".rcr-run.sock")
+}
+
+const FORWARDED: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+
+fn signal_set(with_chld: bool) -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    if with_chld {
+        set.add(Signal::SIGCHLD);
+    }
+    set
+}
+
+fn sys_err(what: &'static str) -> impl Fn(nix::errno::Errno) -> Error {
+    // SAFETY: getpid cannot fail.
+    move |e| Error::sys(unsafe { libc::getpid() }, what, e)
+}
+
+/// Runs the program under `opts` and returns the status `rcr run` exits
+/// with: the program's (128 + signal when killed), 0 when a checkpoint
+/// ended it, [`RUN_FAILED`] when it could not be started or restored.
+pub fn run(opts: &RunOptions) -> Result<i32> {
+    std::fs::create_dir_all(&opts.dir).map_err(|e| Error::io(&opts.dir, e))?;
+    enter_namespaces()?;
+    let sock = socket_path(&opts.dir);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).map_err(|e| Error::io(&sock, e))?;
+    let signals = signal_set(true);
+    signals.thread_block().map_err(sys_err("sigprocmask"))?;
+    // SAFETY: rcr is single-threaded here; the child only runs `init`.
+    match unsafe { nix::unistd::fork() }.map_err(sys_err("fork"))? {
+        nix::unistd::ForkResult::Child => {
+            let code = match init(opts, &listener) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("rcr run: {e}");
+                    RUN_FAILED
+                }
+            };
+            std::process::exit(code)
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(listener);
+            let code = outer_wait(child, &signals);
+            let _ = std::fs::remove_file(&sock);
+            code
+        }
+    }
+}
+
+/// Makes the user namespace (when needed), then the pid and mount
+/// namespaces that rcr's next child is init of.
+fn enter_namespaces() -> Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let privileged = CapSets::own().eff & (1 << CAP_SYS_ADMIN) != 0;
+    let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS;
+    if !privileged {
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        // A binary with file capabilities is not dumpable, which makes its
+        // own /proc files root's: the maps below could not be written.
+        // SAFETY: prctl on rcr itself.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+        // SAFETY: unshare on rcr itself, single-threaded here.
+        if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+            return Err(Error::Preflight(format!(
+                "a new user namespace is needed without CAP_SYS_ADMIN, and unshare refused \
+                 it: {} (see `rcr check`)",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // The same ids inside, so the program's identity and the images'
+        // credentials are the caller's.
+        for (file, text) in [
+            ("/proc/self/setgroups", "deny".to_string()),
+            ("/proc/self/uid_map", format!("{uid} {uid} 1")),
+            ("/proc/self/gid_map", format!("{gid} {gid} 1")),
+        ] {
+            std::fs::write(file, text).map_err(|e| Error::io(file, e))?;
+        }
+    }
+    // SAFETY: unshare on rcr itself, single-threaded here.
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(Error::Preflight(format!(
+            "new pid and mount namespaces: {} (needs CAP_SYS_ADMIN or a user namespace)",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// Outside the namespace: forwards the signals to init and returns its
+/// exit status.
+fn outer_wait(init: Pid, signals: &SigSet) -> Result<i32> {
+    loop {
+        match signals.wait().map_err(sys_err("sigwait"))? {
+            Signal::SIGCHLD => match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                _ => {}
+            },
+            sig => {
+                let _ = kill(init, sig);
+            }
+        }
+    }
+}
+
+/// The namespace's init: mounts /proc, restores or starts the program and
+/// serves it until it ends.
+fn init(opts: &RunOptions, listener: &UnixListener) -> Result<i32> {
+    // SAFETY: mount calls with constant, NUL-terminated strings; this
+    // mount namespace is init's own.
+    unsafe {
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(sys_err("mount --make-rprivate /")(nix::errno::Errno::last()));
+        }
+        if libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(sys_err("mount /proc")(nix::errno::Errno::last()));
+        }
+    }
+    let images = checkpoint_dir(&opts.dir);
+    let program = if images.join("inventory.img").exists() {
+        match crate::restore(&crate::RestoreOptions {
+            dir: images,
+            ..Default::default()
+        }) {
+            Ok(stats) => {
+                for w in &stats.warnings {
+                    eprintln!("rcr run: warning: {w}");
+                }
+                stats.pid
+            }
+            Err(e) => {
+                eprintln!("rcr run: restore failed: {e}");
+                return Ok(RUN_FAILED);
+            }
+        }
+    } else {
+        let Some((cmd, args)) = opts.command.split_first() else {
+            eprintln!(
+                "rcr run: no checkpoint in {} and no command to start",
+                opts.dir.display()
+            );
+            return Ok(RUN_FAILED);
+        };
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new(cmd);
+        command.args(args);
+        // SAFETY: the child only unblocks the signals init blocked, which
+        // is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                signal_set(true).thread_unblock()?;
+                Ok(())
+            })
+        };
+        match command.spawn() {
+            Ok(child) => child.id() as i32,
+            Err(e) => {
+                eprintln!("rcr run: cannot start {}: {e}", cmd.to_string_lossy());
+                return Ok(RUN_FAILED);
+            }
+        }
+    };
+    serve(opts, listener, Pid::from_raw(program))
+}
+
+/// Reaps, forwards signals and answers checkpoint requests until the
+/// program ends; returns the status to exit with.
+fn serve(opts: &RunOptions, listener: &UnixListener, program: Pid) -> Result<i32> {
+    let sfd = SignalFd::with_flags(&signal_set(true), SfdFlags::SFD_CLOEXEC)
+        .map_err(sys_err("signalfd"))?;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: sfd.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: polls two descriptors we own, described by `fds`.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            match nix::errno::Errno::last() {
+                nix::errno::Errno::EINTR => continue,
+                e => return Err(sys_err("poll")(e)),
+            }
+        }
+        let request = fds[1].revents & libc::POLLIN != 0;
+        if request {
+            // A dump that ends the program reaps it as its tracer: done.
+            if let Ok((stream, _)) = listener.accept() {
+                if answer(opts, stream, program) {
+                    return Ok(0);
+                }
+            }
+        }
+        let Ok(Some(info)) = sfd.read_signal() else {
+            continue;
+        };
+        if info.ssi_signo != libc::SIGCHLD as u32 {
+            let _ = kill(program, Signal::try_from(info.ssi_signo as i32).ok());
+            continue;
+        }
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+            match status {
+                WaitStatus::Exited(p, code) if p == program => return Ok(code),
+                WaitStatus::Signaled(p, sig, _) if p == program => return Ok(128 + sig as i32),
+                WaitStatus::StillAlive => break,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Serves one `rcr checkpoint`: a line `checkpoint [leave-running]`,
+/// answered with `ok <stats json>` or `error <message>`. Returns whether
+/// the program was checkpointed and killed.
+fn answer(opts: &RunOptions, stream: UnixStream, program: Pid) -> bool {
+    let mut line = String::new();
+    let _ = BufReader::new(&stream).read_line(&mut line);
+    let leave_running = line.split_whitespace().any(|w| w == "leave-running");
+    let result = dump_into(&opts.dir, program.as_raw(), leave_running);
+    let reply = match &result {
+        Ok(stats) => format!(
+            "ok {}\n",
+            serde_json::to_string(stats).expect("stats serialize")
+        ),
+        Err(e) => format!("error {e}\n"),
+    };
+    let _ = (&stream).write_all(reply.as_bytes());
+    result.is_ok() && !leave_running
+}
+
+/// Dumps the program into `DIR/checkpoint`, replacing an older checkpoint
+/// only once the new one is complete.
+fn dump_into(dir: &Path, pid: i32, leave_running: bool) -> Result<crate::DumpStats> {
+    let target = checkpoint_dir(dir);
+    let fresh = dir.join(".checkpoint.new");
+    let old = dir.join(".checkpoint.old");
+    for stale in [&fresh, &old] {
+        let _ = std::fs::remove_dir_all(stale);
+    }
+    let stats = crate::dump(&crate::DumpOptions {
+        pid,
+        dir: fresh.clone(),
+        leave_running,
+    })?;
+    if target.exists() {
+        std::fs::rename(&target, &old).map_err(|e| Error::io(&target, e))?;
+    }
+    std::fs::rename(&fresh, &target).map_err(|e| Error::io(&target, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(stats)
+}
+
+/// `rcr checkpoint DIR`: asks the `rcr run` serving DIR to checkpoint its
+/// program; returns the dump's statistics as JSON.
+pub fn checkpoint(dir: &Path, leave_running: bool) -> Result<String> {
+    let sock = socket_path(dir);
+    let refuse = |what: String| Error::Run {
+        dir: dir.to_path_buf(),
+        what,
+    };
+    let mut stream = UnixStream::connect(&sock)
+        .map_err(|e| refuse(format!("no rcr run answers on {}: {e}", sock.display())))?;
+    let request = if leave_running {
+        "checkpoint leave-running\n"
+    } else {
+        "checkpoint\n"
+    };
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| Error::io(&sock, e))?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .map_err(|e| Error::io(&sock, e))?;
+    match reply.trim_end().split_once(' ') {
+        Some(("ok", stats)) => Ok(stats.to_string()),
+        Some(("error", what)) => Err(refuse(what.to_string())),
+        _ => Err(refuse(format!("unexpected answer {reply:?}"))),
+    }
+}
