@@ -565,6 +565,27 @@ pub(crate) fn check(ret: i64, what: &str) -> Result<i64> {
     Ok(ret)
 }
 
+/// rcr's own descriptor of task `pid`'s fd `fd`: the same open file
+/// description (pidfd_getfd, allowed to the task's tracer), for what cannot
+/// be reopened through /proc (sockets, anonymous inodes).
+pub fn task_fd(pid: i32, fd: i32) -> Result<OwnedFd> {
+    let sys = |what| Error::sys(pid, what, nix::errno::Errno::last());
+    // SAFETY: pidfd_open takes plain integers.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(sys("pidfd_open"));
+    }
+    // SAFETY: a descriptor the kernel just gave us.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    // SAFETY: pidfd_getfd takes plain integers; the copy is close-on-exec.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if raw < 0 {
+        return Err(sys("pidfd_getfd"));
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as i32) })
+}
+
 /// Opens `/proc/PID/fd/FD` in rcr with `flags`: rcr's own handle on the
 /// task's object, to read its state without touching the task's descriptor.
 pub(crate) fn open_task_fd(pid: i32, fd: i32, flags: i32) -> Result<OwnedFd> {

@@ -58,26 +58,6 @@ fn user_dev(sdev: u64) -> u64 {
     libc::makedev((sdev >> 20) as u32, (sdev & 0xf_ffff) as u32)
 }
 
-/// rcr's own descriptor of the task's open file description (pidfd_getfd):
-/// anonymous inodes cannot be reopened through /proc.
-fn steal_fd(pid: i32, fd: i32) -> Result<OwnedFd> {
-    let sys = |what| Error::sys(pid, what, nix::errno::Errno::last());
-    // SAFETY: pidfd_open takes plain integers.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(sys("pidfd_open"));
-    }
-    // SAFETY: a descriptor the kernel just gave us.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    // SAFETY: pidfd_getfd takes plain integers.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if raw < 0 {
-        return Err(sys("pidfd_getfd on an inotify descriptor"));
-    }
-    // SAFETY: as above.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw as i32) })
-}
-
 /// The mount point of a mount of device `dev`, from rcr's mountinfo.
 fn mount_of(dev: u64) -> Option<String> {
     let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
@@ -144,7 +124,7 @@ fn watch_path(pid: i32, fd: i32, w: &WatchLine) -> Result<String> {
 /// Reads the watches of fd `fd`; refuses unread events and watches whose
 /// inode has no path.
 pub fn dump_inotify(pid: i32, fd: i32, info: &FdInfo, flags: u32) -> Result<pb::Inotify> {
-    let own = steal_fd(pid, fd)?;
+    let own = super::files::task_fd(pid, fd)?;
     let mut unread: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int we own.
     if unsafe { libc::ioctl(own.as_raw_fd(), libc::FIONREAD, &mut unread) } < 0 {

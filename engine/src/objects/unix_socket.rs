@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::proc::unix_diag::{self, UnixDiag, STATE_CONNECTED, STATE_LISTEN};
 use rcr_images::pb::{self, file_entry::Kind};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -122,21 +122,7 @@ fn set_opt(fd: &OwnedFd, level: i32, name: i32, v: i32) -> std::io::Result<()> {
 /// Takes fd `fd` of `pid` into rcr (`pidfd_getfd`, allowed to its tracer)
 /// and refuses a socket of a family other than AF_UNIX, by name.
 pub fn examine(pid: i32, fd: i32, link: &str) -> Result<OwnedFd> {
-    let sys = |what: &'static str| Error::sys(pid, what, nix::errno::Errno::last());
-    // SAFETY: pidfd_open takes a pid and flags; the result is checked.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(sys("pidfd_open"));
-    }
-    // SAFETY: a descriptor the kernel just gave us.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    // SAFETY: pidfd_getfd takes plain integers; the copy is close-on-exec.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if raw < 0 {
-        return Err(sys("pidfd_getfd of a socket"));
-    }
-    // SAFETY: as above.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let sock = super::files::task_fd(pid, fd)?;
     let family = get_opt(&sock, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| {
         Error::sys(
             pid,
