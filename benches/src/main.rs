@@ -6,6 +6,7 @@
 //! `rcr-bench [--mib N] [--runs R] [--dir DIR]` (defaults: 1024 MiB, 3 runs,
 //! a directory under /tmp). `rcr-bench --trees [--runs R] [--dir DIR]`
 //! measures trees of 1 to 16 processes and a 64-thread process instead.
+//! `--pids set_tid|ns_last_pid|spin` restores pids only that way.
 //! `--tree-workload N MIB` and `--thread-workload N` are the workloads.
 
 mod tree;
@@ -42,8 +43,13 @@ fn main() {
     let mib: usize = flag("--mib").map_or(1024, |s| s.parse().expect("--mib N"));
     let runs: usize = flag("--runs").map_or(3, |s| s.parse().expect("--runs N"));
     let base = PathBuf::from(flag("--dir").unwrap_or_else(|| "/tmp".into()));
+    let pids = flag("--pids").map_or(rcr_engine::PidChoice::Auto, |s| {
+        rcr_engine::PidStrategy::parse(&s)
+            .map(rcr_engine::PidChoice::Only)
+            .expect("--pids set_tid|ns_last_pid|spin")
+    });
     if args.iter().any(|a| a == "--trees") {
-        trees(runs, &base);
+        trees(runs, &base, pids);
         return;
     }
     let memcpy = memcpy_gbps(mib.min(1024));
@@ -51,7 +57,7 @@ fn main() {
     for run in 0..runs {
         let dir = base.join(format!("rcr-bench-{}-{run}", std::process::id()));
         let args = ["--tree-workload".into(), "1".into(), mib.to_string()];
-        results.push(tree::round_trip(&args, &dir));
+        results.push(tree::round_trip(&args, &dir, pids));
     }
     let median = |f: fn(&tree::RoundTrip) -> f64| {
         let mut v: Vec<f64> = results.iter().map(f).collect();
@@ -105,12 +111,13 @@ fn main() {
 }
 
 /// Restore and dump latency of trees and of a many-threaded process.
-fn trees(runs: usize, base: &std::path::Path) {
+fn trees(runs: usize, base: &std::path::Path, pids: rcr_engine::PidChoice) {
     tree::become_subreaper();
     let memcpy = memcpy_gbps(256);
     println!("rcr benchmark: trees and threads, median of {runs}; memcpy {memcpy:.2} GB/s");
     println!("{:<34}{:>12}{:>12}", "workload", "dump", "restore");
     let mut rows = Vec::new();
+    let mut strategy = None;
     let mut configs: Vec<(String, Vec<String>)> = Vec::new();
     for mib in [16usize, 128] {
         for procs in [1usize, 2, 4, 8, 16] {
@@ -129,7 +136,8 @@ fn trees(runs: usize, base: &std::path::Path) {
         let mut restores = Vec::new();
         for run in 0..runs {
             let dir = base.join(format!("rcr-bench-tree-{}-{run}", std::process::id()));
-            let r = tree::round_trip(&args, &dir);
+            let r = tree::round_trip(&args, &dir, pids);
+            strategy = Some(r.pid_strategy);
             dumps.push(r.dump_s);
             restores.push(r.restore_s);
         }
@@ -147,7 +155,7 @@ fn trees(runs: usize, base: &std::path::Path) {
     }
     println!(
         "{}",
-        serde_json::json!({"memcpy_gbps": memcpy, "pid_strategy": "clone3 set_tid", "trees": rows})
+        serde_json::json!({"memcpy_gbps": memcpy, "pid_strategy": strategy, "trees": rows})
     );
 }
 

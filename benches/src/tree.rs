@@ -158,12 +158,17 @@ pub struct RoundTrip {
     pub restore_s: f64,
     pub freeze_s: f64,
     pub image_bytes: u64,
+    pub pid_strategy: rcr_engine::PidStrategy,
 }
 
 /// One dump and restore of a workload started with `args` (it says ready on
 /// stdout, and checks its state when woken by SIGUSR1). Panics if the
 /// restored workload finds its state changed.
-pub fn round_trip(args: &[String], dir: &std::path::Path) -> RoundTrip {
+pub fn round_trip(
+    args: &[String],
+    dir: &std::path::Path,
+    pids: rcr_engine::PidChoice,
+) -> RoundTrip {
     let exe = std::env::current_exe().expect("own path");
     let mut child = Command::new(exe)
         .args(args)
@@ -194,6 +199,7 @@ pub fn round_trip(args: &[String], dir: &std::path::Path) -> RoundTrip {
     let t = Instant::now();
     let restored = rcr_engine::restore(&rcr_engine::RestoreOptions {
         dir: dir.to_path_buf(),
+        pids,
         ..Default::default()
     })
     .unwrap_or_else(|e| panic!("restore {args:?}: {e}"));
@@ -214,5 +220,6 @@ pub fn round_trip(args: &[String], dir: &std::path::Path) -> RoundTrip {
         restore_s,
         freeze_s: stats.freeze_seconds,
         image_bytes: stats.image_bytes,
+        pid_strategy: restored.pid_strategy,
     }
 }
