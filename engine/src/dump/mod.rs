@@ -134,6 +134,7 @@ fn dump_process(
     // Refusals first, while nothing has been done to the task.
     let status = status::read_status(pid)?;
     check_creds(pid, &status)?;
+    check_pid_namespace(pid, &status)?;
     let examined = files::examine_fds(pid)?;
     let cwd = fs_context::dump_cwd(pid)?;
     let vmas = smaps::read_smaps(pid)?
@@ -284,6 +285,23 @@ fn check_creds(pid: i32, s: &status::Status) -> Result<()> {
             what: format!(
                 "credentials other than rcr's own (uids {:?}, gids {:?}; rcr runs as {uid}:{gid})",
                 s.uid, s.gid
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A process in a pid namespace below rcr's would need its pid at every
+/// level given back; refused until that is done.
+fn check_pid_namespace(pid: i32, s: &status::Status) -> Result<()> {
+    let own = status::read_status(std::process::id() as i32)?;
+    if s.ns_pid.len() != own.ns_pid.len() {
+        return Err(Error::Unsupported {
+            pid,
+            what: format!(
+                "a pid namespace nested below rcr's (its pids by level: {:?}; \
+                 dump it from inside that namespace instead, as `rcr checkpoint` does)",
+                s.ns_pid
             ),
         });
     }
