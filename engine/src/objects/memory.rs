@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::objects::files::FileTableBuilder;
+use crate::objects::sysv;
 use crate::proc::maps::MapName;
 use crate::proc::pagemap::{PageScanner, ScanWant};
 use crate::proc::smaps::SmapsEntry;
@@ -58,6 +59,8 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
             path,
             deleted: true,
         } if path == "/dev/zero" && m.shared => anon_kind(true),
+        // A SysV shm attachment; the segment is saved whole (sysv.rs).
+        name if sysv::is_segment(name) && m.shared => anon_kind(true),
         MapName::Path {
             path,
             deleted: false,
@@ -90,6 +93,8 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
     if matches!(kind, VmaKind::AnonPrivate | VmaKind::AnonShared) {
         flags |= MAP_ANONYMOUS;
     }
+    let sysv_shmid =
+        (kind == VmaKind::AnonShared && sysv::is_segment(&m.name)).then_some(m.inode as i32);
     Ok(pb::Vma {
         start: m.start,
         end: m.end,
@@ -100,7 +105,8 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
         pgoff: m.offset,
         name: map_name_text(&m.name),
         vm_flags: codes.trim().to_string(),
-        shmem_id: if kind == VmaKind::AnonShared {
+        sysv_shmid,
+        shmem_id: if kind == VmaKind::AnonShared && sysv_shmid.is_none() {
             m.inode
         } else {
             0
@@ -139,6 +145,7 @@ fn map_name_text(name: &MapName) -> String {
 /// Which pages of a saved VMA live only in memory and must be dumped.
 pub fn scan_want(vma: &pb::Vma) -> Option<ScanWant> {
     match vma.kind() {
+        VmaKind::AnonShared if vma.sysv_shmid.is_some() => None,
         VmaKind::AnonPrivate | VmaKind::AnonShared => Some(ScanWant::Anon),
         VmaKind::FilePrivate => Some(ScanWant::PrivateFileCow),
         _ => None,

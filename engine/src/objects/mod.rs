@@ -16,6 +16,7 @@ pub mod rlimits;
 pub mod shmem;
 pub mod signalfd;
 pub mod signals;
+pub mod sysv;
 pub mod thread;
 pub mod timerfd;
 pub mod timers;

@@ -16,7 +16,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 /// any VMA maps of it.
 pub fn sizes<'a>(vmas: impl Iterator<Item = &'a pb::Vma>) -> BTreeMap<u64, u64> {
     let mut out = BTreeMap::new();
-    for v in vmas.filter(|v| v.kind() == VmaKind::AnonShared && v.shmem_id != 0) {
+    for v in vmas
+        .filter(|v| v.kind() == VmaKind::AnonShared && v.shmem_id != 0 && v.sysv_shmid.is_none())
+    {
         let end = v.pgoff + (v.end - v.start);
         let size = out.entry(v.shmem_id).or_insert(0);
         *size = end.max(*size);
