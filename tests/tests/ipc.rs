@@ -97,3 +97,23 @@ fn restore_refuses_a_taken_segment_id() {
     rcr_tests::harness::restore(&dir, &mut w, &img);
     w.finish_ok();
 }
+
+/// A POSIX object gone from /dev/shm (a reboot, another host) comes back
+/// from the image; one of that name with other content is refused by name
+/// before any process exists.
+#[test]
+fn posix_object_is_recreated_and_a_different_one_refused() {
+    let dir = TestDir::new("ipc-posix-gone");
+    let mut w = Workload::spawn(&dir, Path::new(WL), &[], &["posix"]);
+    w.wait_ready();
+    let path = format!("/dev/shm/rcr-ipc-{}", w.pid);
+    let img = dir.join("img");
+    dump(&dir, &mut w, &img, &[]);
+    std::fs::write(&path, b"not the saved object").expect("replace the object");
+    let run = run_rcr(&dir, &["restore".as_ref(), "-D".as_ref(), img.as_os_str()]);
+    run.assert_failure(&["POSIX shared memory object", &path, "other content"]);
+    std::fs::remove_file(&path).expect("remove the object");
+    rcr_tests::harness::restore(&dir, &mut w, &img);
+    w.finish_ok();
+    assert!(!Path::new(&path).exists(), "the workload unlinks {path}");
+}

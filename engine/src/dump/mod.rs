@@ -105,7 +105,9 @@ fn write_tree(tree: &SeizedTree, dir: &ImageDir, opts: &DumpOptions) -> Result<(
         pages_bytes += dump_process(s.pid(), s.tids(), st, dir, &mut file_table)?;
     }
     file_table.check_unix_sockets()?;
-    images::write(&dir.files(), &file_table.finish())?;
+    let mut table = file_table.finish();
+    table.posix_shm = crate::objects::posix_shm::dump(opts.pid, &table)?;
+    images::write(&dir.files(), &table)?;
     images::write(&dir.pstree(), &pb::ProcessTree { processes: entries })?;
     let ipc = crate::objects::sysv::dump(&pids)?;
     let mut inv = inventory(opts.pid, opts);

@@ -11,6 +11,7 @@ pub mod memfd;
 pub mod memory;
 pub mod mm_fields;
 pub mod pipe;
+pub mod posix_shm;
 pub mod pstree;
 pub mod rlimits;
 pub mod shmem;

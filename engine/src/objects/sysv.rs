@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::proc::maps::MapName;
 use rcr_images::pb;
 use std::collections::BTreeMap;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 /// `shm_perm.mode` bit of a segment removed while still attached.
 const SHM_DEST: u32 = 0o1000;
@@ -509,23 +509,10 @@ fn create(
     Ok(id)
 }
 
-/// Opens the memory object behind rcr's own mapping at `start`.
+/// Opens the memory object behind rcr's own attachment at `start`.
 fn open_mapped(start: u64, size: u64) -> Result<OwnedFd> {
-    let end = start
-        + size.div_ceil(crate::objects::memory::PAGE_SIZE) * crate::objects::memory::PAGE_SIZE;
-    let path = format!("/proc/self/map_files/{start:x}-{end:x}");
-    let c_path = std::ffi::CString::new(path.clone()).expect("no NUL in a path we formatted");
-    // SAFETY: opens the object behind our own mapping; the result is checked.
-    let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(Error::Preflight(format!(
-            "cannot open a SysV segment through {path}: {} (this needs \
-             CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: a descriptor open just made for us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let page = crate::objects::memory::PAGE_SIZE;
+    crate::objects::shmem::open_mapping(start, start + size.div_ceil(page) * page, "a SysV segment")
 }
 
 #[cfg(test)]

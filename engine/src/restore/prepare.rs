@@ -4,7 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::objects::{
-    files, fs_context, locks, memory, mm_fields, rlimits, shmem, signals, sysv, thread, timers,
+    files, fs_context, locks, memory, mm_fields, posix_shm, rlimits, shmem, signals, sysv, thread,
+    timers,
 };
 use crate::restore::child::FdInstall;
 use crate::restore::load::{Checkpoint, ProcessImages};
@@ -65,6 +66,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         .max()
         .unwrap_or(-1);
     let mut held: Vec<OwnedFd> = Vec::new();
+    posix_shm::restore(&c.files.posix_shm)?;
     let shmem_objects = shmem::sizes(
         c.processes
             .iter()
