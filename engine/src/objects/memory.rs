@@ -93,8 +93,11 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
     if matches!(kind, VmaKind::AnonPrivate | VmaKind::AnonShared) {
         flags |= MAP_ANONYMOUS;
     }
-    let sysv_shmid =
-        (kind == VmaKind::AnonShared && sysv::is_segment(&m.name)).then_some(m.inode as i32);
+    let segment = kind == VmaKind::AnonShared && sysv::is_segment(&m.name);
+    let sysv_shmid = (segment && !sysv::removed(m.inode as i32)).then_some(m.inode as i32);
+    // SysV ids and the (32-bit) inodes of other shared memory share one
+    // number space: keep a removed segment's apart.
+    let shmem_id = if segment { m.inode | 1 << 32 } else { m.inode };
     Ok(pb::Vma {
         start: m.start,
         end: m.end,
@@ -107,7 +110,7 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
         vm_flags: codes.trim().to_string(),
         sysv_shmid,
         shmem_id: if kind == VmaKind::AnonShared && sysv_shmid.is_none() {
-            m.inode
+            shmem_id
         } else {
             0
         },

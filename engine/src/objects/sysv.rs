@@ -18,7 +18,9 @@
 //! rcr attaches it), so writes stay visible both ways; such a mapping is not
 //! a SysV attachment: `shmdt` on it fails and it does not count in
 //! `shm_nattch` (so the dump refuses a segment only when it has more
-//! attachments than the tree has mappings of it).
+//! attachments than the tree has mappings of it). A segment removed while
+//! attached is no IPC object any more, only shared memory, and is saved as
+//! such.
 
 use crate::error::{Error, Result};
 use crate::proc::maps::MapName;
@@ -173,7 +175,20 @@ pub fn dump(pids: &[i32]) -> Result<pb::SysvIpc> {
     }
     let ours = |r: &Row| r.pids.iter().any(|p| pids.contains(p));
     let mut out = pb::SysvIpc::default();
-    for r in read_table(Kind::Shm)? {
+    let segments = read_table(Kind::Shm)?;
+    if let Some(id) = attached
+        .keys()
+        .find(|&&id| !segments.iter().any(|r| r.perm.id == id))
+    {
+        return Err(Error::Unsupported {
+            pid: pids[0],
+            what: format!(
+                "a mapping of {} id {id}, which the kernel does not list",
+                Kind::Shm.name()
+            ),
+        });
+    }
+    for r in segments {
         let maps = attached.get(&r.perm.id).copied().unwrap_or(0);
         if maps == 0 && !ours(&r) {
             continue;
@@ -191,6 +206,10 @@ pub fn dump(pids: &[i32]) -> Result<pb::SysvIpc> {
                     r.nattch
                 ),
             });
+        }
+        if r.perm.mode & SHM_DEST != 0 {
+            // Its VMAs are plain shared memory (see `removed`).
+            continue;
         }
         out.shm.push(pb::SysvShm {
             content: read_segment(r.perm.id, r.count)?,
@@ -216,6 +235,17 @@ pub fn dump(pids: &[i32]) -> Result<pb::SysvIpc> {
 /// Whether a mapping is a SysV shm attachment (its inode is the segment id).
 pub fn is_segment(name: &MapName) -> bool {
     matches!(name, MapName::Path { path, deleted: true } if path.starts_with("/SYSV"))
+}
+
+/// Whether segment `id` was removed while attached (`IPC_RMID`, `SHM_DEST`):
+/// no one can reach it by id any more, so its mappings are saved and
+/// restored as plain shared anonymous memory.
+pub fn removed(id: i32) -> bool {
+    // SAFETY: shmid_ds is plain data; IPC_STAT fills it.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: IPC_STAT writes into the struct we own.
+    let ok = unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } == 0;
+    ok && u32::from(ds.shm_perm.mode) & SHM_DEST != 0
 }
 
 /// Attaches `id` read-only in rcr for the duration of `f`.
@@ -396,9 +426,6 @@ pub fn restore(ipc: &pb::SysvIpc) -> Result<Created> {
             };
             open_mapped(addr as u64, shm.size)
         })??;
-        if perm.mode & SHM_DEST != 0 && Kind::Shm.remove(id) < 0 {
-            return Err(sys_err(Kind::Shm, id, "removing it again (it was removed)"));
-        }
         created.segments.insert(id, fd);
     }
     for sem in &ipc.sem {

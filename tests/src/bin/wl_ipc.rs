@@ -3,8 +3,8 @@
 //!
 //! - `sysv`: the root creates a SysV segment of [`PAGES`] pages and
 //!   attaches it, a semaphore set with [`SEM_VALUES`] and a message queue
-//!   holding [`MESSAGES`]; then forks a child, which inherits the
-//!   attachment. The segment's id goes to the file `shmid` in the test
+//!   holding [`MESSAGES`], and attaches a page of a segment it then
+//!   removes; then forks a child, which inherits the attachments. The segment's id goes to the file `shmid` in the test
 //!   directory.
 //! - `posix`: the root creates `/dev/shm/rcr-ipc-<pid>` and maps it; the
 //!   child opens and maps it on its own.
@@ -120,6 +120,37 @@ struct Sysv {
     shm: i32,
     sem: i32,
     msg: i32,
+    /// A page attached here, from a segment already removed (IPC_RMID).
+    removed: *const u8,
+}
+
+/// The removed segment's content.
+const REMOVED_SEED: u64 = 0x1c05;
+
+/// Attaches a new one-page segment filled with [`REMOVED_SEED`], then
+/// removes it: the attachment keeps it alive, without an id anyone can use.
+fn attach_removed() -> Result<*const u8, String> {
+    // SAFETY: creates and attaches a segment for the run; IPC_RMID takes no buffer.
+    unsafe {
+        let id = sys(
+            libc::shmget(libc::IPC_PRIVATE, PAGE, 0o600) as i64,
+            "shmget",
+        )? as i32;
+        let p = libc::shmat(id, std::ptr::null(), 0);
+        if p as isize == -1 {
+            return Err(format!("shmat: {}", last_err()));
+        }
+        pattern::fill(
+            std::slice::from_raw_parts_mut(p.cast(), PAGE),
+            REMOVED_SEED,
+            0,
+        );
+        sys(
+            libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) as i64,
+            "IPC_RMID",
+        )?;
+        Ok(p.cast())
+    }
 }
 
 fn build_sysv(args: &Args) -> Result<(Region, Sysv), String> {
@@ -136,6 +167,7 @@ fn build_sysv(args: &Args) -> Result<(Region, Sysv), String> {
         shm: sys(shm as i64, "shmget")? as i32,
         sem: sys(sem as i64, "semget")? as i32,
         msg: sys(msg as i64, "msgget")? as i32,
+        removed: attach_removed()?,
     };
     // SAFETY: attaches the new segment where the kernel likes, for the run.
     let base = unsafe { libc::shmat(o.shm, std::ptr::null(), 0) };
@@ -219,6 +251,13 @@ fn check_sysv(o: &Sysv, v: &mut Verdict) -> Result<(), String> {
     }
     let want: Vec<(i64, String)> = MESSAGES.iter().map(|&(t, s)| (t, s.to_string())).collect();
     v.eq("messages", got, want);
+    // SAFETY: the removed segment's page stays attached for the run.
+    let removed = unsafe { std::slice::from_raw_parts(o.removed, PAGE) };
+    v.eq(
+        "removed segment",
+        pattern::mismatches(removed, REMOVED_SEED, 0),
+        None,
+    );
     Ok(())
 }
 
