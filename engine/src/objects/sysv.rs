@@ -19,7 +19,7 @@
 //! a SysV attachment: `shmdt` on it fails and it does not count in
 //! `shm_nattch` (so the dump refuses a segment only when it has more
 //! attachments than the tree has mappings of it). A segment removed while
-//! attached is no IPC object any more, only shared memory, and is saved as
+//! mapped is no IPC object any more, only shared memory, and is saved as
 //! such.
 
 use crate::error::{Error, Result};
@@ -175,20 +175,7 @@ pub fn dump(pids: &[i32]) -> Result<pb::SysvIpc> {
     }
     let ours = |r: &Row| r.pids.iter().any(|p| pids.contains(p));
     let mut out = pb::SysvIpc::default();
-    let segments = read_table(Kind::Shm)?;
-    if let Some(id) = attached
-        .keys()
-        .find(|&&id| !segments.iter().any(|r| r.perm.id == id))
-    {
-        return Err(Error::Unsupported {
-            pid: pids[0],
-            what: format!(
-                "a mapping of {} id {id}, which the kernel does not list",
-                Kind::Shm.name()
-            ),
-        });
-    }
-    for r in segments {
+    for r in read_table(Kind::Shm)? {
         let maps = attached.get(&r.perm.id).copied().unwrap_or(0);
         if maps == 0 && !ours(&r) {
             continue;
@@ -237,18 +224,19 @@ pub fn is_segment(name: &MapName) -> bool {
     matches!(name, MapName::Path { path, deleted: true } if path.starts_with("/SYSV"))
 }
 
-/// Whether segment `id` was removed while attached (`IPC_RMID`, `SHM_DEST`):
-/// no one can reach it by id any more, so its mappings are saved and
-/// restored as plain shared anonymous memory.
+/// Whether segment `id` was removed while mapped: marked `SHM_DEST`, or
+/// gone altogether (a mapping rcr restored does not keep it alive). No one
+/// can reach it by id any more, so its mappings are saved and restored as
+/// plain shared anonymous memory.
 pub fn removed(id: i32) -> bool {
     // SAFETY: shmid_ds is plain data; IPC_STAT fills it.
     let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
     // SAFETY: IPC_STAT writes into the struct we own.
-    let ok = unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } == 0;
-    ok && u32::from(ds.shm_perm.mode) & SHM_DEST != 0
+    let listed = unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } == 0;
+    !listed || u32::from(ds.shm_perm.mode) & SHM_DEST != 0
 }
 
-/// Attaches `id` read-only in rcr for the duration of `f`.
+/// Attaches `id` in rcr, with `flags`, for the duration of `f`.
 fn with_attached<T>(id: i32, flags: i32, f: impl FnOnce(*mut libc::c_void) -> T) -> Result<T> {
     // SAFETY: a fresh attachment at an address the kernel picks, detached below.
     let addr = unsafe { libc::shmat(id, std::ptr::null(), flags) };
