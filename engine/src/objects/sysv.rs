@@ -205,7 +205,9 @@ pub fn dump(pids: &[i32]) -> Result<pb::SysvIpc> {
         });
     }
     for r in read_table(Kind::Sem)? {
-        let (values, last) = read_semaphores(r.perm.id, r.count as usize)?;
+        let Some((values, last)) = read_semaphores(r.perm.id, r.count as usize)? else {
+            continue;
+        };
         if last.iter().any(|p| pids.contains(p)) {
             out.sem.push(pb::SysvSem {
                 perm: Some(r.perm),
@@ -256,18 +258,23 @@ fn read_segment(id: i32, size: u64) -> Result<Vec<u8>> {
     })
 }
 
-/// Each semaphore's value and the pid of its last operation.
-fn read_semaphores(id: i32, n: usize) -> Result<(Vec<u32>, Vec<i32>)> {
+/// Each semaphore's value and the pid of its last operation; `None` for a
+/// set rcr may not read (another user's, so not the tree's: an
+/// unprivileged rcr runs as the tree's user).
+fn read_semaphores(id: i32, n: usize) -> Result<Option<(Vec<u32>, Vec<i32>)>> {
     let mut values = vec![0u16; n];
     // SAFETY: GETALL writes `nsems` shorts into the array we own.
     if unsafe { libc::semctl(id, 0, libc::GETALL, values.as_mut_ptr()) } < 0 {
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::EACCES) {
+            return Ok(None);
+        }
         return Err(sys_err(Kind::Sem, id, "semctl GETALL"));
     }
     let last = (0..n)
         // SAFETY: GETPID takes no argument.
         .map(|i| unsafe { libc::semctl(id, i as i32, libc::GETPID) })
         .collect();
-    Ok((values.into_iter().map(u32::from).collect(), last))
+    Ok(Some((values.into_iter().map(u32::from).collect(), last)))
 }
 
 fn msq_stat(id: i32) -> Result<libc::msqid_ds> {
