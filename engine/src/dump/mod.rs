@@ -59,13 +59,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let staging = staging::Staging::create(&opts.dir)?;
     let tree = seize::seize_tree(pid)?;
     let dir = ImageDir::new(staging.path());
-    let pages_bytes = write_tree(&tree, &dir, opts)?;
+    let (pages_bytes, ipc) = write_tree(&tree, &dir, opts)?;
     let image_bytes = dir_size(staging.path());
     staging.commit()?;
     let freeze_seconds = if opts.leave_running {
         tree.release()?
     } else {
-        tree.kill()?
+        let frozen = tree.kill()?;
+        crate::objects::sysv::remove(&ipc)?;
+        frozen
     };
     Ok(DumpStats {
         pid,
@@ -77,8 +79,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
 }
 
 /// Checks the tree can be rebuilt, then dumps each live process. Returns
-/// the bytes of pages written.
-fn write_tree(tree: &SeizedTree, dir: &ImageDir, opts: &DumpOptions) -> Result<u64> {
+/// the bytes of pages written and the SysV IPC objects saved.
+fn write_tree(tree: &SeizedTree, dir: &ImageDir, opts: &DumpOptions) -> Result<(u64, pb::SysvIpc)> {
     let mut entries = Vec::with_capacity(tree.members.len());
     let mut live = Vec::with_capacity(tree.members.len());
     for m in &tree.members {
@@ -103,10 +105,15 @@ fn write_tree(tree: &SeizedTree, dir: &ImageDir, opts: &DumpOptions) -> Result<u
         pages_bytes += dump_process(s.pid(), s.tids(), st, dir, &mut file_table)?;
     }
     file_table.check_unix_sockets()?;
-    images::write(&dir.files(), &file_table.finish())?;
+    let mut table = file_table.finish();
+    table.posix_shm = crate::objects::posix_shm::dump(opts.pid, &table)?;
+    images::write(&dir.files(), &table)?;
     images::write(&dir.pstree(), &pb::ProcessTree { processes: entries })?;
-    images::write(&dir.inventory(), &inventory(opts.pid, opts))?;
-    Ok(pages_bytes)
+    let ipc = crate::objects::sysv::dump(&pids)?;
+    let mut inv = inventory(opts.pid, opts);
+    inv.sysv = Some(ipc.clone());
+    images::write(&dir.inventory(), &inv)?;
+    Ok((pages_bytes, ipc))
 }
 
 fn traced(pid: i32) -> impl Fn(ptrace::PtraceError) -> Error {
@@ -330,6 +337,7 @@ fn inventory(pid: i32, opts: &DumpOptions) -> pb::Inventory {
         taken_at_ns: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
+        sysv: None,
     }
 }
 

@@ -154,6 +154,7 @@ impl FileTableBuilder {
             pipes: self.pipes.saved,
             memfds: self.memfds.saved,
             deleted: self.deleted.saved,
+            posix_shm: Vec::new(),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::objects::files::FileTableBuilder;
+use crate::objects::sysv;
 use crate::proc::maps::MapName;
 use crate::proc::pagemap::{PageScanner, ScanWant};
 use crate::proc::smaps::SmapsEntry;
@@ -58,6 +59,8 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
             path,
             deleted: true,
         } if path == "/dev/zero" && m.shared => anon_kind(true),
+        // A SysV shm attachment; the segment is saved whole (sysv.rs).
+        name if sysv::is_segment(name) && m.shared => anon_kind(true),
         MapName::Path {
             path,
             deleted: false,
@@ -90,6 +93,11 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
     if matches!(kind, VmaKind::AnonPrivate | VmaKind::AnonShared) {
         flags |= MAP_ANONYMOUS;
     }
+    let segment = kind == VmaKind::AnonShared && sysv::is_segment(&m.name);
+    let sysv_shmid = (segment && !sysv::removed(m.inode as i32)).then_some(m.inode as i32);
+    // SysV ids and the (32-bit) inodes of other shared memory share one
+    // number space: keep a removed segment's apart.
+    let shmem_id = if segment { m.inode | 1 << 32 } else { m.inode };
     Ok(pb::Vma {
         start: m.start,
         end: m.end,
@@ -100,8 +108,9 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
         pgoff: m.offset,
         name: map_name_text(&m.name),
         vm_flags: codes.trim().to_string(),
-        shmem_id: if kind == VmaKind::AnonShared {
-            m.inode
+        sysv_shmid,
+        shmem_id: if kind == VmaKind::AnonShared && sysv_shmid.is_none() {
+            shmem_id
         } else {
             0
         },
@@ -139,6 +148,7 @@ fn map_name_text(name: &MapName) -> String {
 /// Which pages of a saved VMA live only in memory and must be dumped.
 pub fn scan_want(vma: &pb::Vma) -> Option<ScanWant> {
     match vma.kind() {
+        VmaKind::AnonShared if vma.sysv_shmid.is_some() => None,
         VmaKind::AnonPrivate | VmaKind::AnonShared => Some(ScanWant::Anon),
         VmaKind::FilePrivate => Some(ScanWant::PrivateFileCow),
         _ => None,

@@ -16,7 +16,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 /// any VMA maps of it.
 pub fn sizes<'a>(vmas: impl Iterator<Item = &'a pb::Vma>) -> BTreeMap<u64, u64> {
     let mut out = BTreeMap::new();
-    for v in vmas.filter(|v| v.kind() == VmaKind::AnonShared && v.shmem_id != 0) {
+    for v in vmas
+        .filter(|v| v.kind() == VmaKind::AnonShared && v.shmem_id != 0 && v.sysv_shmid.is_none())
+    {
         let end = v.pgoff + (v.end - v.start);
         let size = out.entry(v.shmem_id).or_insert(0);
         *size = end.max(*size);
@@ -46,17 +48,24 @@ pub fn create(size: u64) -> Result<OwnedFd> {
         ));
     }
     let start = addr as u64;
-    let path = format!("/proc/self/map_files/{:x}-{:x}", start, start + size);
+    let fd = open_mapping(start, start + size, "shared anonymous memory");
+    // SAFETY: unmaps exactly the mapping made above.
+    unsafe { libc::munmap(addr, size as usize) };
+    fd
+}
+
+/// Opens the object behind rcr's own shared mapping `start..end` (`what`
+/// names it in errors), read-write.
+pub(crate) fn open_mapping(start: u64, end: u64, what: &str) -> Result<OwnedFd> {
+    let path = format!("/proc/self/map_files/{start:x}-{end:x}");
     let c_path = std::ffi::CString::new(path.clone()).expect("no NUL in a path we formatted");
     // SAFETY: opens the object behind our own mapping; the result is checked.
     let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: unmaps exactly the mapping made above.
-    unsafe { libc::munmap(addr, size as usize) };
     if fd < 0 {
         return Err(Error::Preflight(format!(
-            "cannot reopen shared anonymous memory through {path}: {err} \
-             (this needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)"
+            "cannot reopen {what} through {path}: {} \
+             (this needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)",
+            std::io::Error::last_os_error()
         )));
     }
     // SAFETY: a descriptor open just made for us.

@@ -70,7 +70,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
         rcr_arch::xsave::XsaveLayout::host(),
     );
     let own_caps = crate::privilege::checked_caps(&ckpt, &opts.dir)?;
-    let prepared = prepare::prepare(&ckpt)?;
+    let mut prepared = prepare::prepare(&ckpt)?;
     let pages_bytes = prepared
         .processes
         .iter()
@@ -160,6 +160,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
         prepared.fd_top + 1,
         &mut pids,
     )?;
+    prepared.sysv.keep();
     let mut warnings = prepared.warnings;
     warnings.append(&mut pids.warnings);
     warnings.extend(cpu_warnings);

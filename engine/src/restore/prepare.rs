@@ -4,7 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::objects::{
-    files, fs_context, locks, memory, mm_fields, rlimits, shmem, signals, thread, timers,
+    files, fs_context, locks, memory, mm_fields, posix_shm, rlimits, shmem, signals, sysv, thread,
+    timers,
 };
 use crate::restore::child::FdInstall;
 use crate::restore::load::{Checkpoint, ProcessImages};
@@ -49,6 +50,8 @@ pub struct Prepared {
     /// Keeps every descriptor open until the tree exists.
     _held: Vec<OwnedFd>,
     pub warnings: Vec<String>,
+    /// The SysV objects made for the tree; removed again unless kept.
+    pub sysv: sysv::Created,
 }
 
 /// Opens and checks everything the checkpoint needs on this host.
@@ -63,6 +66,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         .max()
         .unwrap_or(-1);
     let mut held: Vec<OwnedFd> = Vec::new();
+    posix_shm::restore(&c.files.posix_shm)?;
     let shmem_objects = shmem::sizes(
         c.processes
             .iter()
@@ -72,6 +76,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
     .into_iter()
     .map(|(id, size)| Ok((id, shmem::create(size)?)))
     .collect::<Result<BTreeMap<u64, OwnedFd>>>()?;
+    let sysv = sysv::restore(&c.inventory.sysv.clone().unwrap_or_default())?;
 
     let opened = c
         .processes
@@ -79,7 +84,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         .map(|p| {
             p.images
                 .as_ref()
-                .map(|images| open_restorer_fds(c, images, &shmem_objects))
+                .map(|images| open_restorer_fds(c, images, &shmem_objects, &sysv.segments))
                 .transpose()
         })
         .collect::<Result<Vec<_>>>()?;
@@ -157,6 +162,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         fd_top: next_fd - 1,
         _held: held,
         warnings,
+        sysv,
     })
 }
 
@@ -168,6 +174,8 @@ struct RestorerFds {
     mapped: BTreeMap<u32, usize>,
     /// Index in `fds` of each shared memory object, by inode.
     shared: BTreeMap<u64, usize>,
+    /// Index in `fds` of each attached SysV segment, by id.
+    sysv: BTreeMap<i32, usize>,
     exe_index: Option<usize>,
 }
 
@@ -176,7 +184,10 @@ impl RestorerFds {
     fn fd_of(&self, base: i32, v: &pb::Vma) -> i32 {
         let index = match v.kind() {
             VmaKind::FilePrivate | VmaKind::FileShared => self.mapped.get(&v.file_id),
-            VmaKind::AnonShared => self.shared.get(&v.shmem_id),
+            VmaKind::AnonShared => match v.sysv_shmid {
+                Some(id) => self.sysv.get(&id),
+                None => self.shared.get(&v.shmem_id),
+            },
             _ => None,
         };
         index.map_or(-1, |&i| base + i as i32)
@@ -200,6 +211,7 @@ fn open_restorer_fds(
     c: &Checkpoint,
     images: &ProcessImages,
     shmem_objects: &BTreeMap<u64, OwnedFd>,
+    segments: &BTreeMap<i32, OwnedFd>,
 ) -> Result<RestorerFds> {
     let pages =
         std::fs::File::open(&images.pages_path).map_err(|e| Error::io(&images.pages_path, e))?;
@@ -209,6 +221,21 @@ fn open_restorer_fds(
     };
     for v in &images.mm.vmas {
         let kind = v.kind();
+        if let Some(id) = v.sysv_shmid.filter(|id| !r.sysv.contains_key(id)) {
+            let segment = segments.get(&id).ok_or_else(|| {
+                Error::Preflight(format!(
+                    "VMA {:#x} attaches SysV segment id {id}, which is not saved",
+                    v.start
+                ))
+            })?;
+            r.sysv.insert(id, r.fds.len());
+            r.fds.push(
+                segment
+                    .try_clone()
+                    .map_err(|e| Error::io("SysV shared memory", e))?,
+            );
+            continue;
+        }
         if kind == VmaKind::AnonShared {
             if let (Some(object), false) = (
                 shmem_objects.get(&v.shmem_id),

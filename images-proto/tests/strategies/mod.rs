@@ -183,10 +183,19 @@ fn vma() -> impl Strategy<Value = pb::Vma> {
         (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()),
         // Values past the enum's end too: an image from a newer rcr may hold them.
         (0i32..12, any::<u32>(), any::<u64>()),
-        (".{0,40}", "[a-z ]{0,30}", any::<u64>()),
+        (
+            ".{0,40}",
+            "[a-z ]{0,30}",
+            any::<u64>(),
+            proptest::option::of(any::<i32>()),
+        ),
     )
         .prop_map(
-            |((start, end, prot, flags), (kind, file_id, pgoff), (name, vm_flags, shmem_id))| {
+            |(
+                (start, end, prot, flags),
+                (kind, file_id, pgoff),
+                (name, vm_flags, shmem_id, sysv_shmid),
+            )| {
                 pb::Vma {
                     start,
                     end,
@@ -198,6 +207,7 @@ fn vma() -> impl Strategy<Value = pb::Vma> {
                     name,
                     vm_flags,
                     shmem_id,
+                    sysv_shmid,
                 }
             },
         )
@@ -371,12 +381,14 @@ pub fn inventory() -> impl Strategy<Value = pb::Inventory> {
             proptest::option::of(any::<bool>()),
             any::<u64>(),
         ),
+        proptest::option::of(sysv_ipc()),
     )
         .prop_map(
             |(
                 (format_version, rcr_version, root_pid),
                 (kernel_release, kernel_version, machine, page_size),
                 (cpu, leave_running, taken_at_ns),
+                sysv,
             )| pb::Inventory {
                 format_version,
                 rcr_version,
@@ -388,6 +400,50 @@ pub fn inventory() -> impl Strategy<Value = pb::Inventory> {
                 cpu,
                 options: leave_running.map(|leave_running| pb::DumpOptions { leave_running }),
                 taken_at_ns,
+                sysv,
             },
         )
+}
+
+fn sysv_ipc() -> impl Strategy<Value = pb::SysvIpc> {
+    let perm = (
+        any::<i32>(),
+        any::<i32>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(|(key, id, uid, gid, mode)| pb::SysvPerm {
+            key,
+            id,
+            uid,
+            gid,
+            mode,
+        });
+    let shm =
+        (perm.clone(), any::<u64>(), vec(any::<u8>(), 0..64)).prop_map(|(perm, size, content)| {
+            pb::SysvShm {
+                perm: Some(perm),
+                size,
+                content,
+            }
+        });
+    let sem = (perm.clone(), vec(any::<u32>(), 0..8)).prop_map(|(perm, values)| pb::SysvSem {
+        perm: Some(perm),
+        values,
+    });
+    let msg = (any::<i64>(), vec(any::<u8>(), 0..32))
+        .prop_map(|(mtype, text)| pb::SysvMsg { mtype, text });
+    let queue = (perm, any::<u64>(), vec(msg, 0..4)).prop_map(|(perm, qbytes, messages)| {
+        pb::SysvMsgQueue {
+            perm: Some(perm),
+            qbytes,
+            messages,
+        }
+    });
+    (vec(shm, 0..3), vec(sem, 0..3), vec(queue, 0..3)).prop_map(|(shm, sem, msg)| pb::SysvIpc {
+        shm,
+        sem,
+        msg,
+    })
 }
