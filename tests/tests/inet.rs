@@ -1,6 +1,7 @@
 //! TCP and UDP sockets: listeners on IPv4 and IPv6 loopback that answer a
 //! client the test connects after restore, a connected UDP pair that talks
-//! after restore, and the refusal of an established TCP connection.
+//! after restore, and an established TCP connection inside the tree:
+//! refused by name, or taken with `--tcp-established`.
 
 use rcr_tests::harness::{dump, restore, roundtrip, run_rcr, TestDir, Workload};
 use std::ffi::OsStr;
@@ -75,5 +76,15 @@ fn an_established_tcp_connection_is_refused_by_name() {
     ]);
     assert!(!img.exists(), "a refused dump left {}", img.display());
     assert!(w.is_running(), "the workload died after a refused dump");
+    w.finish_ok();
+}
+
+#[test]
+fn an_established_tcp_connection_comes_back_with_tcp_established() {
+    let dir = TestDir::new("inet-repair");
+    let (mut w, _, _) = listen_workload(&dir, &["established"]);
+    let img = dir.join("img");
+    dump(&dir, &mut w, &img, &["--tcp-established"]);
+    restore(&dir, &mut w, &img);
     w.finish_ok();
 }

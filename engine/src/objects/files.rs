@@ -41,6 +41,9 @@ pub struct FileTableBuilder {
     /// stored once.
     opened: Vec<(i32, i32, u64, u64, u32)>,
     unix: unix_socket::Collected,
+    /// Established TCP connections taken in repair mode (`--tcp-established`);
+    /// None: they are refused.
+    repaired: Option<inet_socket::Repaired>,
 }
 
 /// Objects that several open file descriptions may share, stored once each.
@@ -147,6 +150,16 @@ impl FileTableBuilder {
     /// cannot be sent again, once every process's sockets are stored.
     pub fn check_unix_sockets(&self) -> Result<()> {
         self.unix.check(&self.entries)
+    }
+
+    /// Takes established TCP connections in repair mode from now on.
+    pub fn repair_tcp(&mut self) {
+        self.repaired = Some(inet_socket::Repaired::default());
+    }
+
+    /// The sockets left in repair mode, for the caller to close or release.
+    pub fn take_repaired(&mut self) -> Option<inet_socket::Repaired> {
+        self.repaired.take()
     }
 
     /// The finished table.
@@ -417,9 +430,14 @@ fn dump_object(pid: i32, f: &OpenFd, files: &mut FileTableBuilder) -> Result<Kin
             })
         }
         Object::Unix(sock) => Kind::Unix(files.unix.dump(pid, f.fd, sock, f.meta.ino(), flags)?),
-        Object::Inet(sock, family) => {
-            Kind::Inet(inet_socket::dump(pid, f.fd, sock, *family, flags)?)
-        }
+        Object::Inet(sock, family) => Kind::Inet(inet_socket::dump(
+            pid,
+            f.fd,
+            sock,
+            *family,
+            flags,
+            files.repaired.as_mut(),
+        )?),
     })
 }
 
@@ -454,6 +472,11 @@ pub fn open_task_files(table: &pb::FileTable, tasks: &[&[pb::Fd]]) -> Result<Vec
         )?;
         let made = epoll::restore_epolls(&epolls[first_epoll..], fds, &opened)?;
         opened.extend(made);
+    }
+    for (id, fd) in &opened {
+        if let Some(Kind::Inet(s)) = file_by_id(table, *id) {
+            inet_socket::release(fd, s)?;
+        }
     }
     Ok(opened)
 }

@@ -7,7 +7,9 @@
 //!   127.0.0.1, not listening.
 //!
 //! With the parameter `established`, X at 24 is connected to L4 and
-//! accepted as Y at 25 (which rcr refuses to dump; they still talk after).
+//! accepted as Y at 25, each with a line the other has not read yet (rcr
+//! refuses to dump them, or takes them with `--tcp-established`); after
+//! the wake each reads its line and they talk both ways.
 //!
 //! After the wake: names, options and flags as built; each listener accepts
 //! the client the test connected after restore, reads its "ping" line and
@@ -28,6 +30,8 @@ const B: i32 = 23;
 const X: i32 = 24;
 const Y: i32 = 25;
 const RCVBUF: i32 = 48 << 10;
+const TO_Y: &[u8] = b"queued for Y";
+const TO_X: &[u8] = b"queued for X, longer";
 
 /// The addresses L4, L6 and B got at build time.
 static BOUND: OnceLock<[SocketAddr; 3]> = OnceLock::new();
@@ -62,12 +66,32 @@ fn build(args: &Args) -> Result<(), String> {
         let x = TcpStream::connect(a4).map_err(|e| format!("connect X to {a4}: {e}"))?;
         place(x.into_raw_fd(), X, 0)?;
         place(accept(L4)?.into_raw_fd(), Y, 0)?;
+        write(X, TO_Y)?;
+        write(Y, TO_X)?;
     }
     std::fs::write(
         args.dir().join("ports"),
         format!("{} {}", a4.port(), a6.port()),
     )
     .map_err(|e| format!("write ports: {e}"))
+}
+
+fn write(fd: i32, data: &[u8]) -> Result<(), String> {
+    (&*view::<TcpStream>(fd))
+        .write_all(data)
+        .map_err(|e| format!("write to fd {fd}: {e}"))
+}
+
+/// Reads `len` bytes from `fd`, waiting at most 30 s.
+fn read(fd: i32, len: usize) -> Result<Vec<u8>, String> {
+    let s = view::<TcpStream>(fd);
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut got = vec![0u8; len];
+    (&*s)
+        .read_exact(&mut got)
+        .map_err(|e| format!("read from fd {fd}: {e}"))?;
+    Ok(got)
 }
 
 fn established(args: &Args) -> bool {
@@ -195,14 +219,19 @@ fn check(args: &Args, v: &mut Verdict) -> Result<(), String> {
     );
     v.eq("L6 O_NONBLOCK", status_flags(L6)? & libc::O_NONBLOCK, 0);
     if established(args) {
-        let mut got = [0u8; 5];
-        (&*view::<TcpStream>(X))
-            .write_all(b"hello")
-            .map_err(|e| format!("X writes: {e}"))?;
-        (&*view::<TcpStream>(Y))
-            .read_exact(&mut got)
-            .map_err(|e| format!("Y reads: {e}"))?;
-        v.eq("X to Y", &got, b"hello");
+        for (from, to, data) in [(X, Y, TO_Y), (Y, X, TO_X)] {
+            v.eq(
+                &format!("fd {to} reads its queued line"),
+                read(to, data.len())?,
+                data.to_vec(),
+            );
+            write(from, b"after")?;
+            v.eq(
+                &format!("fd {from} to fd {to}"),
+                read(to, 5)?,
+                b"after".to_vec(),
+            );
+        }
         return Ok(());
     }
     serve(v, L4)?;
