@@ -88,3 +88,17 @@ fn an_established_tcp_connection_comes_back_with_tcp_established() {
     restore(&dir, &mut w, &img);
     w.finish_ok();
 }
+
+#[test]
+fn a_connection_left_running_after_tcp_established_still_talks() {
+    let dir = TestDir::new("inet-repair-leave");
+    let (mut w, _, _) = listen_workload(&dir, &["established"]);
+    let img = dir.join("img");
+    dump(
+        &dir,
+        &mut w,
+        &img,
+        &["--leave-running", "--tcp-established"],
+    );
+    w.finish_ok();
+}

@@ -431,22 +431,16 @@ pub fn dump(
             }
             TCP_LISTEN => s.backlog = info.tcpi_sacked,
             TCP_CLOSE => s.peer.clear(),
-            TCP_ESTABLISHED if repaired.is_some() => {
-                let repaired = repaired.expect("just matched");
-                let stream = dump_stream(sock, &info, repaired).map_err(|e| {
-                    refuse(format!(
-                        "established TCP connection {} -> {} {e}",
-                        s.local, s.peer
-                    ))
-                })?;
-                s.stream = Some(stream);
-            }
             TCP_ESTABLISHED => {
-                return Err(refuse(format!(
-                    "established TCP connection {} -> {} (dump with --tcp-established \
-                     to take it with TCP_REPAIR)",
-                    s.local, s.peer
-                )))
+                let connection = format!("established TCP connection {} -> {}", s.local, s.peer);
+                let Some(repaired) = repaired else {
+                    return Err(refuse(format!(
+                        "{connection} (dump with --tcp-established to take it with TCP_REPAIR)"
+                    )));
+                };
+                let stream = dump_stream(sock, &info, repaired)
+                    .map_err(|e| refuse(format!("{connection} {e}")))?;
+                s.stream = Some(stream);
             }
             other => {
                 return Err(refuse(format!(
