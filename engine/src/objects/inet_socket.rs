@@ -417,6 +417,16 @@ pub fn dump(
         rcvbuf: int(libc::SOL_SOCKET, libc::SO_RCVBUF, "getsockopt(SO_RCVBUF)")? as u32,
         ..Default::default()
     };
+    // Before repair mode, which shows SO_REUSEADDR as forced.
+    for (name, level, opt, only) in OPTIONS {
+        if applies(only, family, kind) {
+            let value = get_opt(sock, level, opt).map_err(|e| sys_err(pid, "getsockopt", e))?;
+            s.options.push(pb::InetOption {
+                name: name.into(),
+                value,
+            });
+        }
+    }
     let what = format!("{} socket {}", proto_name(s.r#type), show_local(&s.local));
     if kind == libc::SOCK_STREAM {
         let info: libc::tcp_info =
@@ -457,15 +467,6 @@ pub fn dump(
             return Err(refuse(format!(
                 "{what} with datagrams queued (their senders' addresses could not be given back)"
             )));
-        }
-    }
-    for (name, level, opt, only) in OPTIONS {
-        if applies(only, family, kind) {
-            let value = get_opt(sock, level, opt).map_err(|e| sys_err(pid, "getsockopt", e))?;
-            s.options.push(pb::InetOption {
-                name: name.into(),
-                value,
-            });
         }
     }
     Ok(s)

@@ -219,6 +219,16 @@ fn check(args: &Args, v: &mut Verdict) -> Result<(), String> {
     );
     v.eq("L6 O_NONBLOCK", status_flags(L6)? & libc::O_NONBLOCK, 0);
     if established(args) {
+        for fd in [X, Y] {
+            opt(
+                v,
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                "SO_REUSEADDR",
+                0,
+            )?;
+        }
         for (from, to, data) in [(X, Y, TO_Y), (Y, X, TO_X)] {
             v.eq(
                 &format!("fd {to} reads its queued line"),
