@@ -79,26 +79,31 @@ fn an_established_tcp_connection_is_refused_by_name() {
     w.finish_ok();
 }
 
-#[test]
-fn an_established_tcp_connection_comes_back_with_tcp_established() {
-    let dir = TestDir::new("inet-repair");
+/// Dumps the established workload with `--tcp-established` (and
+/// `--leave-running` when `leave`), restores it when it was killed, and
+/// lets it check its connection.
+fn take_established(name: &str, leave: bool) {
+    let dir = TestDir::new(name);
     let (mut w, _, _) = listen_workload(&dir, &["established"]);
     let img = dir.join("img");
-    dump(&dir, &mut w, &img, &["--tcp-established"]);
-    restore(&dir, &mut w, &img);
+    let extra: &[&str] = if leave {
+        &["--leave-running", "--tcp-established"]
+    } else {
+        &["--tcp-established"]
+    };
+    dump(&dir, &mut w, &img, extra);
+    if !leave {
+        restore(&dir, &mut w, &img);
+    }
     w.finish_ok();
 }
 
 #[test]
+fn an_established_tcp_connection_comes_back_with_tcp_established() {
+    take_established("inet-repair", false);
+}
+
+#[test]
 fn a_connection_left_running_after_tcp_established_still_talks() {
-    let dir = TestDir::new("inet-repair-leave");
-    let (mut w, _, _) = listen_workload(&dir, &["established"]);
-    let img = dir.join("img");
-    dump(
-        &dir,
-        &mut w,
-        &img,
-        &["--leave-running", "--tcp-established"],
-    );
-    w.finish_ok();
+    take_established("inet-repair-leave", true);
 }
