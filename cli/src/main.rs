@@ -30,6 +30,10 @@ enum Command {
         /// Keep the process running after the checkpoint.
         #[arg(long)]
         leave_running: bool,
+        /// Checkpoint established TCP connections with TCP_REPAIR (both ends
+        /// in the tree, or a peer that stays quiet until the restore).
+        #[arg(long)]
+        tcp_established: bool,
         /// Print what the dump did as JSON on stdout.
         #[arg(long)]
         stats: bool,
@@ -120,12 +124,14 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
             pid,
             dir,
             leave_running,
+            tcp_established,
             stats,
         } => {
             let s = rcr_engine::dump(&rcr_engine::DumpOptions {
                 pid,
                 dir,
                 leave_running,
+                tcp_established,
             })?;
             if stats {
                 println!("{}", serde_json::to_string(&s).expect("stats serialize"));

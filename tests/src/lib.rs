@@ -14,6 +14,7 @@
 
 pub mod fdops;
 pub mod harness;
+pub mod inetops;
 pub mod maps;
 pub mod pattern;
 pub mod regloop;

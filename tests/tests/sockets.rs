@@ -106,12 +106,12 @@ fn refused_dump(dir: &TestDir, w: &mut Workload, keywords: &[&str]) {
 }
 
 #[test]
-fn an_inet_socket_is_refused_by_family() {
-    let dir = TestDir::new("unix-inet");
+fn a_netlink_socket_is_refused_by_family() {
+    let dir = TestDir::new("unix-netlink");
     let program = Path::new(env!("CARGO_BIN_EXE_wl_unix_client"));
-    let mut w = Workload::spawn(&dir, program, &[], &["inet"]);
+    let mut w = Workload::spawn(&dir, program, &[], &["netlink"]);
     w.wait_ready();
-    refused_dump(&dir, &mut w, &["fd 9", "AF_INET"]);
+    refused_dump(&dir, &mut w, &["fd 9", "AF_NETLINK"]);
 }
 
 #[test]

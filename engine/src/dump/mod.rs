@@ -8,6 +8,7 @@ mod staging;
 use crate::error::{Error, Result};
 use crate::infect::parasite::Parasite;
 use crate::objects::files::{self, FileTableBuilder};
+use crate::objects::inet_socket;
 use crate::objects::{
     fs_context, locks, memory, mm_fields, pstree, rlimits, signals, thread, timers,
 };
@@ -28,6 +29,8 @@ pub struct DumpOptions {
     pub dir: PathBuf,
     /// Let the process run on after the dump instead of killing it.
     pub leave_running: bool,
+    /// Take established TCP connections (TCP_REPAIR) instead of refusing them.
+    pub tcp_established: bool,
 }
 
 /// What a dump did.
@@ -59,7 +62,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let staging = staging::Staging::create(&opts.dir)?;
     let tree = seize::seize_tree(pid)?;
     let dir = ImageDir::new(staging.path());
-    let (pages_bytes, ipc) = write_tree(&tree, &dir, opts)?;
+    let (pages_bytes, ipc, repaired) = write_tree(&tree, &dir, opts)?;
     let image_bytes = dir_size(staging.path());
     staging.commit()?;
     let freeze_seconds = if opts.leave_running {
@@ -67,6 +70,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     } else {
         let frozen = tree.kill()?;
         crate::objects::sysv::remove(&ipc)?;
+        if let Some(r) = repaired {
+            r.close_silently();
+        }
         frozen
     };
     Ok(DumpStats {
@@ -79,8 +85,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
 }
 
 /// Checks the tree can be rebuilt, then dumps each live process. Returns
-/// the bytes of pages written and the SysV IPC objects saved.
-fn write_tree(tree: &SeizedTree, dir: &ImageDir, opts: &DumpOptions) -> Result<(u64, pb::SysvIpc)> {
+/// the bytes of pages written, the SysV IPC objects saved and the TCP
+/// connections left in repair mode.
+fn write_tree(
+    tree: &SeizedTree,
+    dir: &ImageDir,
+    opts: &DumpOptions,
+) -> Result<(u64, pb::SysvIpc, Option<inet_socket::Repaired>)> {
     let mut entries = Vec::with_capacity(tree.members.len());
     let mut live = Vec::with_capacity(tree.members.len());
     for m in &tree.members {
@@ -100,11 +111,15 @@ fn write_tree(tree: &SeizedTree, dir: &ImageDir, opts: &DumpOptions) -> Result<(
     let pids: Vec<i32> = live.iter().map(|(s, _)| s.pid()).collect();
     locks::check_all_seen(&pids)?;
     let mut file_table = FileTableBuilder::default();
+    if opts.tcp_established {
+        file_table.repair_tcp();
+    }
     let mut pages_bytes = 0;
     for (s, st) in &live {
         pages_bytes += dump_process(s.pid(), s.tids(), st, dir, &mut file_table)?;
     }
     file_table.check_unix_sockets()?;
+    let repaired = file_table.take_repaired();
     let mut table = file_table.finish();
     table.posix_shm = crate::objects::posix_shm::dump(opts.pid, &table)?;
     images::write(&dir.files(), &table)?;
@@ -113,7 +128,7 @@ fn write_tree(tree: &SeizedTree, dir: &ImageDir, opts: &DumpOptions) -> Result<(
     let mut inv = inventory(opts.pid, opts);
     inv.sysv = Some(ipc.clone());
     images::write(&dir.inventory(), &inv)?;
-    Ok((pages_bytes, ipc))
+    Ok((pages_bytes, ipc, repaired))
 }
 
 fn traced(pid: i32) -> impl Fn(ptrace::PtraceError) -> Error {

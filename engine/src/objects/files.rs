@@ -8,7 +8,9 @@
 //! it (dup, inheritance) point at the same id, so restore opens it once and
 //! installs it at every number, and offset and flags keep moving together.
 
-use super::{deleted, epoll, eventfd, inotify, memfd, pipe, signalfd, timerfd, unix_socket};
+use super::{
+    deleted, epoll, eventfd, inet_socket, inotify, memfd, pipe, signalfd, timerfd, unix_socket,
+};
 use crate::error::{Error, Result};
 use crate::proc::fdinfo::{self, FdTarget};
 use rcr_images::pb::{self, file_entry::Kind};
@@ -39,6 +41,9 @@ pub struct FileTableBuilder {
     /// stored once.
     opened: Vec<(i32, i32, u64, u64, u32)>,
     unix: unix_socket::Collected,
+    /// Established TCP connections taken in repair mode (`--tcp-established`);
+    /// None: they are refused.
+    repaired: Option<inet_socket::Repaired>,
 }
 
 /// Objects that several open file descriptions may share, stored once each.
@@ -147,6 +152,16 @@ impl FileTableBuilder {
         self.unix.check(&self.entries)
     }
 
+    /// Takes established TCP connections in repair mode from now on.
+    pub fn repair_tcp(&mut self) {
+        self.repaired = Some(inet_socket::Repaired::default());
+    }
+
+    /// The sockets left in repair mode, for the caller to close or release.
+    pub fn take_repaired(&mut self) -> Option<inet_socket::Repaired> {
+        self.repaired.take()
+    }
+
     /// The finished table.
     pub fn finish(self) -> pb::FileTable {
         pb::FileTable {
@@ -234,16 +249,21 @@ enum Object {
     Deleted(PathBuf),
     /// A unix socket, as rcr's own descriptor of it.
     Unix(OwnedFd),
+    /// An AF_INET or AF_INET6 socket (rcr's descriptor) and its family.
+    Inet(OwnedFd, i32),
 }
 
 fn classify(
     target: &FdTarget,
     meta: &std::fs::Metadata,
-    socket: Option<OwnedFd>,
+    socket: Option<(OwnedFd, i32)>,
 ) -> Option<Object> {
     match target {
         FdTarget::Pipe(_) => Some(Object::Pipe { fifo: None }),
-        FdTarget::Socket(_) => socket.map(Object::Unix),
+        FdTarget::Socket(_) => socket.map(|(s, family)| match family {
+            libc::AF_UNIX => Object::Unix(s),
+            _ => Object::Inet(s, family),
+        }),
         FdTarget::AnonInode(name) => match name.as_str() {
             "eventfd" => Some(Object::EventFd),
             "signalfd" => Some(Object::SignalFd),
@@ -411,6 +431,14 @@ fn dump_object(pid: i32, f: &OpenFd, files: &mut FileTableBuilder) -> Result<Kin
             })
         }
         Object::Unix(sock) => Kind::Unix(files.unix.dump(pid, f.fd, sock, f.meta.ino(), flags)?),
+        Object::Inet(sock, family) => Kind::Inet(inet_socket::dump(
+            pid,
+            f.fd,
+            sock,
+            *family,
+            flags,
+            files.repaired.as_mut(),
+        )?),
     })
 }
 
@@ -446,6 +474,11 @@ pub fn open_task_files(table: &pb::FileTable, tasks: &[&[pb::Fd]]) -> Result<Vec
         let made = epoll::restore_epolls(&epolls[first_epoll..], fds, &opened)?;
         opened.extend(made);
     }
+    for (id, fd) in &opened {
+        if let Some(Kind::Inet(s)) = file_by_id(table, *id) {
+            inet_socket::release(fd, s)?;
+        }
+    }
     Ok(opened)
 }
 
@@ -477,6 +510,7 @@ fn open_one_task<'a>(
             Kind::Memfd(m) => reopen_at(memfds.get(m.memfd_id)?, m.flags, m.pos)?,
             Kind::Deleted(d) => reopen_at(deleted.get(d.deleted_id)?, d.flags, d.pos)?,
             Kind::Unix(_) => sockets.take(table, fd.file_id)?,
+            Kind::Inet(s) => inet_socket::restore(s)?,
             Kind::Epoll(e) => {
                 epolls.push((fd.file_id, e));
                 continue;
@@ -509,6 +543,9 @@ pub fn check_table(table: &pb::FileTable, fds: &[pb::Fd]) -> std::result::Result
                     "file {} opens deleted file {} which is not stored",
                     f.id, d.deleted_id
                 ))
+            }
+            Some(Kind::Inet(s)) => {
+                inet_socket::check_saved(s).map_err(|e| format!("file {}: {e}", f.id))?
             }
             Some(Kind::Epoll(e)) => {
                 if let Some(t) = e.targets.iter().find(|t| !fds.iter().any(|d| d.fd == t.fd)) {

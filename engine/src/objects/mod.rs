@@ -5,6 +5,7 @@ pub mod epoll;
 pub mod eventfd;
 pub mod files;
 pub mod fs_context;
+pub mod inet_socket;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;

@@ -50,7 +50,7 @@ fn type_name(kind: u32) -> &'static str {
     }
 }
 
-fn family_name(family: i32) -> String {
+pub(crate) fn family_name(family: i32) -> String {
     match family {
         libc::AF_INET => "AF_INET".into(),
         libc::AF_INET6 => "AF_INET6".into(),
@@ -82,7 +82,7 @@ fn binds(s: &pb::UnixSocket) -> bool {
 }
 
 /// `getsockopt` of an int option.
-fn get_opt(fd: &OwnedFd, level: i32, name: i32) -> std::io::Result<i32> {
+pub(crate) fn get_opt(fd: &OwnedFd, level: i32, name: i32) -> std::io::Result<i32> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes an int we own and its length.
@@ -102,7 +102,7 @@ fn get_opt(fd: &OwnedFd, level: i32, name: i32) -> std::io::Result<i32> {
 }
 
 /// `setsockopt` of an int option.
-fn set_opt(fd: &OwnedFd, level: i32, name: i32, v: i32) -> std::io::Result<()> {
+pub(crate) fn set_opt(fd: &OwnedFd, level: i32, name: i32, v: i32) -> std::io::Result<()> {
     // SAFETY: setsockopt reads an int we own.
     let ret = unsafe {
         libc::setsockopt(
@@ -120,8 +120,9 @@ fn set_opt(fd: &OwnedFd, level: i32, name: i32, v: i32) -> std::io::Result<()> {
 }
 
 /// Takes fd `fd` of `pid` into rcr (`pidfd_getfd`, allowed to its tracer)
-/// and refuses a socket of a family other than AF_UNIX, by name.
-pub fn examine(pid: i32, fd: i32, link: &str) -> Result<OwnedFd> {
+/// with its family, and refuses a socket of a family other than AF_UNIX,
+/// AF_INET and AF_INET6, by name.
+pub fn examine(pid: i32, fd: i32, link: &str) -> Result<(OwnedFd, i32)> {
     let sock = super::files::task_fd(pid, fd)?;
     let family = get_opt(&sock, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| {
         Error::sys(
@@ -130,7 +131,7 @@ pub fn examine(pid: i32, fd: i32, link: &str) -> Result<OwnedFd> {
             nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
         )
     })?;
-    if family != libc::AF_UNIX {
+    if ![libc::AF_UNIX, libc::AF_INET, libc::AF_INET6].contains(&family) {
         return Err(Error::UnsupportedFd {
             pid,
             fd,
@@ -138,7 +139,7 @@ pub fn examine(pid: i32, fd: i32, link: &str) -> Result<OwnedFd> {
             target: link.to_owned(),
         });
     }
-    Ok(sock)
+    Ok((sock, family))
 }
 
 /// The unix sockets of a checkpoint being written.
@@ -679,14 +680,19 @@ fn set_buffers(fd: &OwnedFd, s: &pb::UnixSocket) -> Result<()> {
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, s.sndbuf),
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, s.rcvbuf),
     ] {
-        let half = (v / 2) as i32;
-        set_opt(fd, libc::SOL_SOCKET, force, half)
-            .or_else(|_| set_opt(fd, libc::SOL_SOCKET, plain, half))
-            .map_err(|e| {
-                Error::Preflight(format!("setting a unix socket's buffer size to {v}: {e}"))
-            })?;
+        set_buffer(fd, force, plain, v).map_err(|e| {
+            Error::Preflight(format!("setting a unix socket's buffer size to {v}: {e}"))
+        })?;
     }
     Ok(())
+}
+
+/// Sets one buffer size `v` as getsockopt gave it (the kernel doubles what
+/// it is given), with `force` when rcr may pass over the sysctl limits.
+pub(crate) fn set_buffer(fd: &OwnedFd, force: i32, plain: i32, v: u32) -> std::io::Result<()> {
+    let half = (v / 2) as i32;
+    set_opt(fd, libc::SOL_SOCKET, force, half)
+        .or_else(|_| set_opt(fd, libc::SOL_SOCKET, plain, half))
 }
 
 /// What comes after the queue: a path removed since bind removed again,

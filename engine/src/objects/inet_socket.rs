@@ -1,0 +1,853 @@
+//! TCP and UDP sockets of families AF_INET and AF_INET6, dump and restore
+//! side by side.
+//!
+//! rcr takes the socket itself with `pidfd_getfd` (`unix_socket::examine`)
+//! and asks it everything: type and protocol, the TCP state and accept
+//! queue (`TCP_INFO`: for a listener, `tcpi_unacked` is the accept queue
+//! and `tcpi_sacked` the backlog), bound and connected addresses, integer
+//! options and buffer sizes.
+//!
+//! Restore makes a new socket in rcr, sets its options first (SO_REUSEADDR,
+//! SO_REUSEPORT and IPV6_V6ONLY only count before bind), binds it to the
+//! saved address and port, then listens with the saved backlog or connects
+//! a UDP socket to its peer. A buffer size is set only where it differs from
+//! a new socket's (setting it turns the kernel's auto-tuning off).
+//!
+//! Established TCP connections, with `--tcp-established`, go through
+//! TCP_REPAIR: at dump rcr puts the socket in repair mode and reads its
+//! sequence numbers, both queues (a peek of each under repair), the
+//! options agreed at the handshake and the window. The socket stays in
+//! repair mode until the tree is killed, so that closing it sends nothing
+//! to the peer (no FIN, no TIME_WAIT holding the addresses); a failed dump
+//! or `--leave-running` turns repair off again without a window probe.
+//! Restore makes the socket in repair mode, sets the sequence numbers,
+//! binds and connects (which establishes it without a handshake), puts
+//! the options, queues and window back, and turns repair off once every
+//! socket of the checkpoint exists, so both ends of a connection inside
+//! the tree are there before either sends. A peer outside the tree would
+//! answer the dead connection with a reset while the tree is down: this
+//! is for connections whose both ends are checkpointed, or whose peer is
+//! quiet until the restore.
+//!
+//! Refused at dump, by name: other protocols (raw, ICMP, SCTP...), TCP
+//! sockets in any state but closed, listening and established (an
+//! established connection without `--tcp-established` names both ends),
+//! a listener with connections not yet accepted, a UDP socket with datagrams queued (their senders' addresses
+//! could not be given back), a socket of another network namespace.
+
+use super::files::{check, owned};
+use super::unix_socket::{family_name, get_opt, set_buffer, set_opt};
+use crate::error::{Error, Result};
+use nix::sys::socket::{self as sock, MsgFlags, SockaddrStorage};
+use rcr_images::pb;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
+
+// TCP_REPAIR values and queues, TCP option codes, tcpi_options bits
+// (<linux/tcp.h>, <net/tcp.h>).
+const TCP_REPAIR_ON: i32 = 1;
+const TCP_REPAIR_OFF: i32 = 0;
+const TCP_REPAIR_OFF_NO_WP: i32 = -1;
+const TCP_NO_QUEUE: i32 = 0;
+const TCP_RECV_QUEUE: i32 = 1;
+const TCP_SEND_QUEUE: i32 = 2;
+const TCPOPT_MSS: u32 = 2;
+const TCPOPT_WINDOW: u32 = 3;
+const TCPOPT_SACK_PERM: u32 = 4;
+const TCPOPT_TIMESTAMP: u32 = 8;
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_SACK: u8 = 2;
+const TCPI_OPT_WSCALE: u8 = 4;
+
+/// `struct tcp_repair_window`.
+#[repr(C)]
+struct RepairWindow {
+    snd_wl1: u32,
+    snd_wnd: u32,
+    max_window: u32,
+    rcv_wnd: u32,
+    rcv_wup: u32,
+}
+
+/// `struct tcp_repair_opt`.
+#[repr(C)]
+struct RepairOpt {
+    code: u32,
+    val: u32,
+}
+
+/// Plain C structs that socket options read and write whole.
+trait Plain: Sized {}
+impl Plain for libc::tcp_info {}
+impl Plain for RepairWindow {}
+impl Plain for RepairOpt {}
+
+/// Which sockets an option applies to.
+#[derive(Clone, Copy, PartialEq)]
+enum Only {
+    All,
+    Tcp,
+    V6,
+}
+
+/// The integer options kept, by name.
+const OPTIONS: [(&str, i32, i32, Only); 8] = [
+    (
+        "SO_REUSEADDR",
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        Only::All,
+    ),
+    (
+        "SO_REUSEPORT",
+        libc::SOL_SOCKET,
+        libc::SO_REUSEPORT,
+        Only::All,
+    ),
+    (
+        "SO_KEEPALIVE",
+        libc::SOL_SOCKET,
+        libc::SO_KEEPALIVE,
+        Only::All,
+    ),
+    (
+        "SO_BROADCAST",
+        libc::SOL_SOCKET,
+        libc::SO_BROADCAST,
+        Only::All,
+    ),
+    (
+        "TCP_NODELAY",
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        Only::Tcp,
+    ),
+    (
+        "TCP_KEEPIDLE",
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        Only::Tcp,
+    ),
+    (
+        "TCP_KEEPINTVL",
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        Only::Tcp,
+    ),
+    (
+        "IPV6_V6ONLY",
+        libc::IPPROTO_IPV6,
+        libc::IPV6_V6ONLY,
+        Only::V6,
+    ),
+];
+
+fn applies(only: Only, family: i32, kind: i32) -> bool {
+    match only {
+        Only::All => true,
+        Only::Tcp => kind == libc::SOCK_STREAM,
+        Only::V6 => family == libc::AF_INET6,
+    }
+}
+
+fn proto_name(kind: u32) -> &'static str {
+    if kind as i32 == libc::SOCK_STREAM {
+        "TCP"
+    } else {
+        "UDP"
+    }
+}
+
+fn state_name(state: u32) -> String {
+    const NAMES: [&str; 12] = [
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
+    ];
+    match NAMES.get((state as usize).wrapping_sub(1)) {
+        Some(name) => (*name).into(),
+        None => format!("state {state}"),
+    }
+}
+
+/// The address as saved: empty for an unbound socket (port 0).
+fn addr_text(a: Option<SockaddrStorage>) -> String {
+    let a = a.and_then(|a| {
+        a.as_sockaddr_in()
+            .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+            .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6)))
+    });
+    match a {
+        Some(a) if a.port() != 0 => a.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// A TCP option that is a plain C struct.
+fn get_tcp<T: Plain>(sock: &OwnedFd, name: i32) -> std::io::Result<T> {
+    // SAFETY: T is a plain C struct (Plain); all zeroes is a valid one.
+    let mut v: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`.
+    let ret = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            name,
+            (&mut v as *mut T).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+/// Sets a TCP option made of plain C structs.
+fn set_tcp<T: Plain>(sock: &OwnedFd, name: i32, v: &[T]) -> std::io::Result<()> {
+    // SAFETY: setsockopt reads the slice's bytes, which we own.
+    let ret = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            name,
+            v.as_ptr().cast(),
+            std::mem::size_of_val(v) as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The bytes queued on `sock`: SIOCINQ (FIONREAD) or SIOCOUTQ (TIOCOUTQ).
+fn queued(sock: &OwnedFd, request: libc::Ioctl) -> std::io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: the ioctl writes one int we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut n) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Sockets a dump left in repair mode. Closing one while it is sends
+/// nothing to the peer: [`Repaired::close_silently`] once the tree is
+/// killed. Dropped otherwise (the dump failed, or the tree runs on), it
+/// turns repair off again, without a window probe.
+#[derive(Default)]
+pub struct Repaired(Vec<OwnedFd>);
+
+impl Repaired {
+    pub fn close_silently(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Repaired {
+    fn drop(&mut self) {
+        for fd in &self.0 {
+            let _ = set_opt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_REPAIR,
+                TCP_REPAIR_OFF_NO_WP,
+            );
+        }
+    }
+}
+
+/// Puts `sock` in repair mode and reads the connection; on success the
+/// socket stays in repair mode, held by `repaired`.
+fn dump_stream(
+    sock: &OwnedFd,
+    info: &libc::tcp_info,
+    repaired: &mut Repaired,
+) -> std::result::Result<pb::InetTcpStream, String> {
+    set_opt(sock, libc::IPPROTO_TCP, libc::TCP_REPAIR, TCP_REPAIR_ON)
+        .map_err(|e| format!("cannot be put in TCP_REPAIR mode (needs CAP_NET_ADMIN): {e}"))?;
+    let got = read_stream(sock, info);
+    let _ = set_opt(
+        sock,
+        libc::IPPROTO_TCP,
+        libc::TCP_REPAIR_QUEUE,
+        TCP_NO_QUEUE,
+    );
+    match got.and_then(|t| Ok((t, sock.try_clone().map_err(|e| e.to_string())?))) {
+        Ok((t, held)) => {
+            repaired.0.push(held);
+            Ok(t)
+        }
+        Err(e) => {
+            let _ = set_opt(
+                sock,
+                libc::IPPROTO_TCP,
+                libc::TCP_REPAIR,
+                TCP_REPAIR_OFF_NO_WP,
+            );
+            Err(e)
+        }
+    }
+}
+
+fn read_stream(
+    sock: &OwnedFd,
+    info: &libc::tcp_info,
+) -> std::result::Result<pb::InetTcpStream, String> {
+    let err =
+        |what: &'static str| move |e: std::io::Error| format!("whose {what} cannot be read ({e})");
+    if get_opt(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(err("SO_PEEK_OFF"))? >= 0 {
+        return Err("with SO_PEEK_OFF set".into());
+    }
+    let mut t = pb::InetTcpStream::default();
+    for (queue, request) in [
+        (TCP_RECV_QUEUE, libc::FIONREAD),
+        (TCP_SEND_QUEUE, libc::TIOCOUTQ),
+    ] {
+        let len = queued(sock, request).map_err(err("queue length"))?;
+        set_opt(sock, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, queue)
+            .map_err(err("TCP_REPAIR_QUEUE"))?;
+        let seq = get_opt(sock, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ)
+            .map_err(err("TCP_QUEUE_SEQ"))? as u32;
+        let mut data = vec![0u8; len];
+        if len > 0 {
+            let n = sock::recv(
+                sock.as_raw_fd(),
+                &mut data,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(|e| format!("whose queue cannot be read ({e})"))?;
+            if n != len {
+                return Err(format!("whose queue gave {n} of its {len} bytes"));
+            }
+        }
+        let first = seq.wrapping_sub(len as u32);
+        if queue == TCP_RECV_QUEUE {
+            (t.recv_seq, t.recv_queue) = (first, data);
+        } else {
+            (t.send_seq, t.send_queue) = (first, data);
+        }
+    }
+    t.mss = get_opt(sock, libc::IPPROTO_TCP, libc::TCP_MAXSEG).map_err(err("TCP_MAXSEG"))? as u32;
+    t.timestamp =
+        get_opt(sock, libc::IPPROTO_TCP, libc::TCP_TIMESTAMP).map_err(err("TCP_TIMESTAMP"))? as u32;
+    t.sack = info.tcpi_options & TCPI_OPT_SACK != 0;
+    t.timestamps = info.tcpi_options & TCPI_OPT_TIMESTAMPS != 0;
+    if info.tcpi_options & TCPI_OPT_WSCALE != 0 {
+        t.snd_wscale = u32::from(info.tcpi_snd_rcv_wscale & 0xf);
+        t.rcv_wscale = u32::from(info.tcpi_snd_rcv_wscale >> 4);
+    }
+    let w: RepairWindow =
+        get_tcp(sock, libc::TCP_REPAIR_WINDOW).map_err(err("TCP_REPAIR_WINDOW"))?;
+    (t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup) =
+        (w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup);
+    Ok(t)
+}
+
+fn sys_err(pid: i32, what: &'static str, e: std::io::Error) -> Error {
+    Error::sys(
+        pid,
+        what,
+        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+    )
+}
+
+/// Reads socket `sock` of family `family`, fd `fd` of `pid`. An
+/// established TCP connection is taken in repair mode when `repaired` is
+/// given (`--tcp-established`), refused otherwise.
+pub fn dump(
+    pid: i32,
+    fd: i32,
+    sock: &OwnedFd,
+    family: i32,
+    flags: u32,
+    repaired: Option<&mut Repaired>,
+) -> Result<pb::InetSocket> {
+    let fam = family_name(family);
+    let int = |level: i32, name: i32, what: &'static str| {
+        get_opt(sock, level, name).map_err(|e| sys_err(pid, what, e))
+    };
+    let kind = int(libc::SOL_SOCKET, libc::SO_TYPE, "getsockopt(SO_TYPE)")?;
+    let protocol = int(
+        libc::SOL_SOCKET,
+        libc::SO_PROTOCOL,
+        "getsockopt(SO_PROTOCOL)",
+    )?;
+    let refuse = |what: String| Error::Unsupported {
+        pid,
+        what: format!("fd {fd}: an {fam} {what}"),
+    };
+    match (kind, protocol) {
+        (libc::SOCK_STREAM, libc::IPPROTO_TCP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => {}
+        _ => {
+            return Err(refuse(format!(
+                "socket of type {kind} and protocol {protocol} (only TCP and UDP are)"
+            )))
+        }
+    }
+    let netns = |path: &str| std::fs::metadata(path).map(|m| m.ino()).ok();
+    if netns(&format!("/proc/{pid}/ns/net")) != netns("/proc/self/ns/net") {
+        return Err(refuse(
+            "socket of another network namespace than rcr's".into(),
+        ));
+    }
+    let raw = sock.as_raw_fd();
+    let mut s = pb::InetSocket {
+        family: family as u32,
+        r#type: kind as u32,
+        local: addr_text(sock::getsockname(raw).ok()),
+        peer: addr_text(sock::getpeername(raw).ok()),
+        flags,
+        sndbuf: int(libc::SOL_SOCKET, libc::SO_SNDBUF, "getsockopt(SO_SNDBUF)")? as u32,
+        rcvbuf: int(libc::SOL_SOCKET, libc::SO_RCVBUF, "getsockopt(SO_RCVBUF)")? as u32,
+        ..Default::default()
+    };
+    // Before repair mode, which shows SO_REUSEADDR as forced.
+    for (name, level, opt, only) in OPTIONS {
+        if applies(only, family, kind) {
+            let value = get_opt(sock, level, opt).map_err(|e| sys_err(pid, "getsockopt", e))?;
+            s.options.push(pb::InetOption {
+                name: name.into(),
+                value,
+            });
+        }
+    }
+    let what = format!("{} socket {}", proto_name(s.r#type), show_local(&s.local));
+    if kind == libc::SOCK_STREAM {
+        let info: libc::tcp_info =
+            get_tcp(sock, libc::TCP_INFO).map_err(|e| sys_err(pid, "getsockopt(TCP_INFO)", e))?;
+        s.state = u32::from(info.tcpi_state);
+        match s.state {
+            TCP_LISTEN if info.tcpi_unacked > 0 => {
+                return Err(refuse(format!(
+                    "{what} listening with {} connection(s) not yet accepted",
+                    info.tcpi_unacked
+                )))
+            }
+            TCP_LISTEN => s.backlog = info.tcpi_sacked,
+            TCP_CLOSE => s.peer.clear(),
+            TCP_ESTABLISHED => {
+                let connection = format!("established TCP connection {} -> {}", s.local, s.peer);
+                let Some(repaired) = repaired else {
+                    return Err(refuse(format!(
+                        "{connection} (dump with --tcp-established to take it with TCP_REPAIR)"
+                    )));
+                };
+                let stream = dump_stream(sock, &info, repaired)
+                    .map_err(|e| refuse(format!("{connection} {e}")))?;
+                s.stream = Some(stream);
+            }
+            other => {
+                return Err(refuse(format!(
+                    "{what} in TCP state {} (peer {})",
+                    state_name(other),
+                    show_local(&s.peer)
+                )))
+            }
+        }
+    } else {
+        // A zero-length peek finds even an empty datagram, and takes nothing.
+        let queued = sock::recv(raw, &mut [], MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT);
+        if queued.is_ok() {
+            return Err(refuse(format!(
+                "{what} with datagrams queued (their senders' addresses could not be given back)"
+            )));
+        }
+    }
+    Ok(s)
+}
+
+fn show_local(addr: &str) -> &str {
+    if addr.is_empty() {
+        "unbound"
+    } else {
+        addr
+    }
+}
+
+/// Refuses, before anything is made, a saved socket rcr cannot make:
+/// another family, type or state, an address that does not parse, an
+/// option it does not know.
+pub fn check_saved(s: &pb::InetSocket) -> std::result::Result<(), String> {
+    if ![libc::AF_INET, libc::AF_INET6].contains(&(s.family as i32))
+        || ![libc::SOCK_STREAM, libc::SOCK_DGRAM].contains(&(s.r#type as i32))
+    {
+        return Err(format!(
+            "inet socket of family {} and type {}",
+            s.family, s.r#type
+        ));
+    }
+    let established = s.state == TCP_ESTABLISHED && s.stream.is_some() && !s.peer.is_empty();
+    if s.r#type as i32 == libc::SOCK_STREAM
+        && !established
+        && ![TCP_CLOSE, TCP_LISTEN].contains(&s.state)
+    {
+        return Err(format!("TCP socket in state {}", state_name(s.state)));
+    }
+    for a in [&s.local, &s.peer].into_iter().filter(|a| !a.is_empty()) {
+        a.parse::<SocketAddr>()
+            .map_err(|e| format!("inet socket address {a:?}: {e}"))?;
+    }
+    match s
+        .options
+        .iter()
+        .find(|o| !OPTIONS.iter().any(|k| k.0 == o.name))
+    {
+        Some(o) => Err(format!("inet socket option {:?} unknown", o.name)),
+        None => Ok(()),
+    }
+}
+
+fn new_socket(s: &pb::InetSocket) -> Result<OwnedFd> {
+    // SAFETY: socket() takes plain integers.
+    let raw = unsafe { libc::socket(s.family as i32, s.r#type as i32 | libc::SOCK_CLOEXEC, 0) };
+    owned(raw, &format!("socket({})", family_name(s.family as i32)))
+}
+
+/// Makes the socket `s` describes, bound, listening or connected as saved;
+/// an established connection comes back in repair mode, for [`release`].
+pub fn restore(s: &pb::InetSocket) -> Result<OwnedFd> {
+    let what = format!("{} socket {}", proto_name(s.r#type), show_local(&s.local));
+    let fd = new_socket(s)?;
+    let fresh = new_socket(s)?;
+    for (force, plain, v, name) in [
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, s.sndbuf, "SO_SNDBUF"),
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, s.rcvbuf, "SO_RCVBUF"),
+    ] {
+        if get_opt(&fresh, libc::SOL_SOCKET, plain).ok() != Some(v as i32) {
+            set_buffer(&fd, force, plain, v).map_err(|e| opt_err(&what, name, e))?;
+        }
+    }
+    for o in &s.options {
+        let (_, level, opt, _) = OPTIONS
+            .iter()
+            .find(|k| k.0 == o.name)
+            .expect("checked at load");
+        set_opt(&fd, *level, *opt, o.value).map_err(|e| opt_err(&what, &o.name, e))?;
+    }
+    match &s.stream {
+        Some(t) => repair(&fd, s, t, &what)?,
+        None => attach(&fd, s, &what)?,
+    }
+    // SAFETY: fcntl on our own descriptor.
+    let ret = unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETFL,
+            s.flags as i32 & libc::O_NONBLOCK,
+        )
+    };
+    check(ret as i64, &format!("setting the flags of {what}"))?;
+    Ok(fd)
+}
+
+fn opt_err(what: &str, name: &str, e: std::io::Error) -> Error {
+    Error::Preflight(format!("{what}: setting {name}: {e}"))
+}
+
+/// The saved SO_REUSEADDR.
+fn reuse(s: &pb::InetSocket) -> i32 {
+    s.options
+        .iter()
+        .find(|o| o.name == "SO_REUSEADDR")
+        .map_or(0, |o| o.value)
+}
+
+/// Binds, listens and connects `fd` as saved.
+fn attach(fd: &OwnedFd, s: &pb::InetSocket, what: &str) -> Result<()> {
+    let parse = |a: &str| SockaddrStorage::from(a.parse::<SocketAddr>().expect("checked at load"));
+    // Connections the task closed may linger in TIME_WAIT on the port:
+    // they do not keep a TCP socket from binding to it again. (A socket
+    // in repair mode may bind anywhere already.)
+    let force = s.r#type as i32 == libc::SOCK_STREAM && s.stream.is_none();
+    if !s.local.is_empty() {
+        if force {
+            set_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+                .map_err(|e| opt_err(what, "SO_REUSEADDR", e))?;
+        }
+        sock::bind(fd.as_raw_fd(), &parse(&s.local))
+            .map_err(|e| Error::Preflight(format!("binding {what}: {e}")))?;
+        if force {
+            set_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse(s))
+                .map_err(|e| opt_err(what, "SO_REUSEADDR", e))?;
+        }
+    }
+    if s.state == TCP_LISTEN {
+        // SAFETY: listen on our own socket.
+        let ret = unsafe { libc::listen(fd.as_raw_fd(), s.backlog as i32) };
+        check(ret as i64, &format!("listen on {what}"))?;
+    }
+    if !s.peer.is_empty() {
+        sock::connect(fd.as_raw_fd(), &parse(&s.peer))
+            .map_err(|e| Error::Preflight(format!("connecting {what} to {}: {e}", s.peer)))?;
+    }
+    Ok(())
+}
+
+/// Rebuilds established connection `t` on `fd` in repair mode: sequence
+/// numbers, then bind and connect, handshake options, queues, window.
+fn repair(fd: &OwnedFd, s: &pb::InetSocket, t: &pb::InetTcpStream, what: &str) -> Result<()> {
+    let tcp = |name: i32, v: i32, label: &str| {
+        set_opt(fd, libc::IPPROTO_TCP, name, v).map_err(|e| opt_err(what, label, e))
+    };
+    tcp(
+        libc::TCP_REPAIR,
+        TCP_REPAIR_ON,
+        "TCP_REPAIR (needs CAP_NET_ADMIN)",
+    )?;
+    for (queue, seq) in [(TCP_SEND_QUEUE, t.send_seq), (TCP_RECV_QUEUE, t.recv_seq)] {
+        tcp(libc::TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE")?;
+        tcp(libc::TCP_QUEUE_SEQ, seq as i32, "TCP_QUEUE_SEQ")?;
+    }
+    attach(fd, s, what)?;
+    let mut opts = vec![RepairOpt {
+        code: TCPOPT_MSS,
+        val: t.mss,
+    }];
+    if t.snd_wscale != 0 || t.rcv_wscale != 0 {
+        opts.push(RepairOpt {
+            code: TCPOPT_WINDOW,
+            val: t.snd_wscale | (t.rcv_wscale << 16),
+        });
+    }
+    for (on, code) in [(t.sack, TCPOPT_SACK_PERM), (t.timestamps, TCPOPT_TIMESTAMP)] {
+        if on {
+            opts.push(RepairOpt { code, val: 0 });
+        }
+    }
+    set_tcp(fd, libc::TCP_REPAIR_OPTIONS, &opts)
+        .map_err(|e| opt_err(what, "TCP_REPAIR_OPTIONS", e))?;
+    if t.timestamps {
+        tcp(libc::TCP_TIMESTAMP, t.timestamp as i32, "TCP_TIMESTAMP")?;
+    }
+    for (queue, data) in [
+        (TCP_RECV_QUEUE, &t.recv_queue),
+        (TCP_SEND_QUEUE, &t.send_queue),
+    ] {
+        tcp(libc::TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE")?;
+        let mut sent = 0;
+        while sent < data.len() {
+            sent +=
+                sock::send(fd.as_raw_fd(), &data[sent..], MsgFlags::MSG_DONTWAIT).map_err(|e| {
+                    Error::Preflight(format!("{what}: requeueing {} bytes: {e}", data.len()))
+                })?;
+        }
+    }
+    let w = RepairWindow {
+        snd_wl1: t.snd_wl1,
+        snd_wnd: t.snd_wnd,
+        max_window: t.max_window,
+        rcv_wnd: t.rcv_wnd,
+        rcv_wup: t.rcv_wup,
+    };
+    set_tcp(fd, libc::TCP_REPAIR_WINDOW, &[w])
+        .map_err(|e| opt_err(what, "TCP_REPAIR_WINDOW", e))?;
+    tcp(libc::TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE")
+}
+
+/// Takes restored socket `fd` out of repair mode (its window probe tells
+/// the peer it is back), once every socket of the checkpoint exists;
+/// leaving repair forgets SO_REUSEADDR, which is set again.
+pub fn release(fd: &OwnedFd, s: &pb::InetSocket) -> Result<()> {
+    if s.stream.is_none() {
+        return Ok(());
+    }
+    let what = format!("TCP connection {} -> {}", s.local, s.peer);
+    set_opt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, TCP_REPAIR_OFF)
+        .map_err(|e| opt_err(&what, "TCP_REPAIR off", e))?;
+    set_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse(s))
+        .map_err(|e| opt_err(&what, "SO_REUSEADDR", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dumps a socket of rcr's own (pid: ours), checked as restore would.
+    fn roundtrip(fd: &OwnedFd, family: i32) -> pb::InetSocket {
+        let s = dump(
+            std::process::id() as i32,
+            3,
+            fd,
+            family,
+            libc::O_RDWR as u32,
+            None,
+        )
+        .unwrap();
+        check_saved(&s).unwrap();
+        s
+    }
+
+    #[test]
+    fn a_listener_comes_back_listening_with_its_options() {
+        let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let fd = OwnedFd::from(l);
+        set_opt(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1).unwrap();
+        let s = roundtrip(&fd, libc::AF_INET6);
+        assert_eq!(s.state, TCP_LISTEN);
+        drop(fd);
+        let again = restore(&s).unwrap();
+        assert_eq!(
+            addr_text(sock::getsockname(again.as_raw_fd()).ok()),
+            s.local
+        );
+        assert_eq!(
+            get_opt(&again, libc::IPPROTO_TCP, libc::TCP_NODELAY).unwrap(),
+            1
+        );
+        let l = std::net::TcpListener::from(again);
+        let c = std::net::TcpStream::connect(&s.local).unwrap();
+        let (a, _) = l.accept().unwrap();
+        assert_eq!(a.peer_addr().unwrap(), c.local_addr().unwrap());
+    }
+
+    #[test]
+    fn a_connection_comes_back_through_tcp_repair_with_its_queues() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut a, _) = l.accept().unwrap();
+        drop(l);
+        c.write_all(b"unread by a").unwrap();
+        a.write_all(b"unread by c").unwrap();
+        // Let the bytes reach the receive queues (bounded, no timing check).
+        let inq = |fd: &OwnedFd| queued(fd, libc::FIONREAD).unwrap();
+        let (fc, fa) = (OwnedFd::from(c), OwnedFd::from(a));
+        for _ in 0..1000 {
+            if inq(&fa) == 11 && inq(&fc) == 11 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let (saved, [mut c, mut a]) = repair_roundtrip([fc, fa]);
+        for (s, want) in saved.iter().zip([b"unread by c", b"unread by a"]) {
+            assert_eq!(s.stream.as_ref().unwrap().recv_queue, want);
+        }
+        let mut got = [0u8; 11];
+        a.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"unread by a");
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"unread by c");
+        c.write_all(b"after").unwrap();
+        let mut got = [0u8; 5];
+        a.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"after");
+    }
+
+    /// Dumps both ends of a connection in repair mode, closes them
+    /// silently and makes them again, out of repair.
+    fn repair_roundtrip(ends: [OwnedFd; 2]) -> (Vec<pb::InetSocket>, [std::net::TcpStream; 2]) {
+        let pid = std::process::id() as i32;
+        let mut repaired = Repaired::default();
+        let saved: Vec<pb::InetSocket> = ends
+            .iter()
+            .map(|fd| dump(pid, 3, fd, libc::AF_INET, 0, Some(&mut repaired)).unwrap())
+            .collect();
+        drop(ends);
+        repaired.close_silently();
+        let made = saved.iter().map(|s| {
+            check_saved(s).unwrap();
+            restore(s).unwrap()
+        });
+        let made: Vec<OwnedFd> = made.collect();
+        for (fd, s) in made.iter().zip(&saved) {
+            release(fd, s).unwrap();
+        }
+        let mut it = made.into_iter().map(std::net::TcpStream::from);
+        let ends = [it.next().unwrap(), it.next().unwrap()];
+        for s in &ends {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                .unwrap();
+        }
+        (saved, ends)
+    }
+
+    #[test]
+    fn bytes_not_sent_yet_arrive_in_order_after_repair() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let lfd = OwnedFd::from(l.try_clone().unwrap());
+        // A small receive window keeps most of what is written unsent.
+        set_opt(&lfd, libc::SOL_SOCKET, libc::SO_RCVBUF, 4096).unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        c.set_nonblocking(true).unwrap();
+        let pattern: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        let mut written = 0;
+        while written < pattern.len() {
+            match c.write(&pattern[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        c.set_nonblocking(false).unwrap();
+        let (saved, [_c, mut a]) = repair_roundtrip([OwnedFd::from(c), OwnedFd::from(a)]);
+        assert!(!saved[0].stream.as_ref().unwrap().send_queue.is_empty());
+        let mut got = vec![0u8; written];
+        a.read_exact(&mut got).unwrap();
+        assert!(
+            got == pattern[..written],
+            "the bytes came back out of order"
+        );
+    }
+
+    #[test]
+    fn refusals_name_what_is_refused() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let lfd = OwnedFd::from(l.try_clone().unwrap());
+        let pid = std::process::id() as i32;
+        let err = dump(pid, 3, &lfd, libc::AF_INET, 0, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not yet accepted"), "{err}");
+        let (a, _) = l.accept().unwrap();
+        let err = dump(pid, 4, &OwnedFd::from(a), libc::AF_INET, 0, None)
+            .unwrap_err()
+            .to_string();
+        let local = c.peer_addr().unwrap().to_string();
+        assert!(err.contains("established") && err.contains(&local), "{err}");
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        u.send_to(b"", u.local_addr().unwrap()).unwrap();
+        let err = dump(pid, 5, &OwnedFd::from(u), libc::AF_INET, 0, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("datagrams queued"), "{err}");
+    }
+
+    #[test]
+    fn bad_saved_sockets_are_refused_at_load() {
+        let mut s = pb::InetSocket {
+            family: libc::AF_INET as u32,
+            r#type: libc::SOCK_DGRAM as u32,
+            local: "127.0.0.1:9".into(),
+            ..Default::default()
+        };
+        assert!(check_saved(&s).is_ok());
+        s.peer = "nowhere".into();
+        assert!(check_saved(&s).is_err());
+        s.peer.clear();
+        s.options.push(pb::InetOption {
+            name: "SO_NOSUCH".into(),
+            value: 1,
+        });
+        assert!(check_saved(&s).is_err());
+        assert_eq!(state_name(TCP_ESTABLISHED), "ESTABLISHED");
+    }
+}

@@ -1,0 +1,109 @@
+//! TCP and UDP sockets: listeners on IPv4 and IPv6 loopback that answer a
+//! client the test connects after restore, a connected UDP pair that talks
+//! after restore, and an established TCP connection inside the tree:
+//! refused by name, or taken with `--tcp-established`.
+
+use rcr_tests::harness::{dump, restore, roundtrip, run_rcr, TestDir, Workload};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+fn listen_workload(dir: &TestDir, params: &[&str]) -> (Workload, u16, u16) {
+    let program = Path::new(env!("CARGO_BIN_EXE_wl_inet_listen"));
+    let mut w = Workload::spawn(dir, program, &[], params);
+    w.wait_ready();
+    let ports = std::fs::read_to_string(dir.join("ports")).expect("read the workload's ports");
+    let ports: Vec<u16> = ports
+        .split_whitespace()
+        .map(|p| p.parse().expect("a port number"))
+        .collect();
+    (w, ports[0], ports[1])
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+#[test]
+fn tcp_listeners_accept_new_clients_after_restore() {
+    let dir = TestDir::new("inet-listen");
+    let (mut w, p4, p6) = listen_workload(&dir, &[]);
+    let img = dir.join("img");
+    dump(&dir, &mut w, &img, &[]);
+    restore(&dir, &mut w, &img);
+    let mut clients = [
+        connect(&format!("127.0.0.1:{p4}")),
+        connect(&format!("[::1]:{p6}")),
+    ];
+    for c in &mut clients {
+        c.write_all(b"ping\n").expect("send ping");
+    }
+    w.finish_ok();
+    for c in clients {
+        let mut answer = String::new();
+        BufReader::new(c)
+            .read_line(&mut answer)
+            .expect("read the answer");
+        assert_eq!(answer, "pong\n");
+    }
+}
+
+#[test]
+fn a_connected_udp_pair_talks_after_restore() {
+    let program = Path::new(env!("CARGO_BIN_EXE_wl_inet_udp"));
+    roundtrip("inet-udp", program, &[], &[], 1, Duration::ZERO);
+}
+
+#[test]
+fn an_established_tcp_connection_is_refused_by_name() {
+    let dir = TestDir::new("inet-established");
+    let (mut w, p4, _) = listen_workload(&dir, &["established"]);
+    let img = dir.join("img");
+    let pid = w.pid.to_string();
+    let args = ["dump", "--tree", &pid, "-D", img.to_str().unwrap()];
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let remote = format!("-> 127.0.0.1:{p4}");
+    run_rcr(&dir, &args).assert_failure(&[
+        &pid,
+        "fd 24",
+        "established",
+        &remote,
+        "--tcp-established",
+    ]);
+    assert!(!img.exists(), "a refused dump left {}", img.display());
+    assert!(w.is_running(), "the workload died after a refused dump");
+    w.finish_ok();
+}
+
+/// Dumps the established workload with `--tcp-established` (and
+/// `--leave-running` when `leave`), restores it when it was killed, and
+/// lets it check its connection.
+fn take_established(name: &str, leave: bool) {
+    let dir = TestDir::new(name);
+    let (mut w, _, _) = listen_workload(&dir, &["established"]);
+    let img = dir.join("img");
+    let extra: &[&str] = if leave {
+        &["--leave-running", "--tcp-established"]
+    } else {
+        &["--tcp-established"]
+    };
+    dump(&dir, &mut w, &img, extra);
+    if !leave {
+        restore(&dir, &mut w, &img);
+    }
+    w.finish_ok();
+}
+
+#[test]
+fn an_established_tcp_connection_comes_back_with_tcp_established() {
+    take_established("inet-repair", false);
+}
+
+#[test]
+fn a_connection_left_running_after_tcp_established_still_talks() {
+    take_established("inet-repair-leave", true);
+}
