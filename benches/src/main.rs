@@ -5,9 +5,12 @@
 //!
 //! `rcr-bench [--mib N] [--runs R] [--dir DIR]` (defaults: 1024 MiB, 3 runs,
 //! a directory under /tmp). `rcr-bench --trees [--runs R] [--dir DIR]`
-//! measures trees of 1 to 16 processes and a 64-thread process instead.
+//! measures trees of 1 to 16 processes and a 64-thread process instead,
+//! with the trees' RSS and PSS before the dump and after the restore (trees
+//! whose children inherited their memory unwritten show it ballooning).
+//! `--tree-workload N MIB`, `--cow-workload N MIB` and `--thread-workload N`
+//! are the workloads.
 //! `--pids set_tid|ns_last_pid|spin` restores pids only that way.
-//! `--tree-workload N MIB` and `--thread-workload N` are the workloads.
 
 mod tree;
 
@@ -35,7 +38,10 @@ fn main() {
             .expect("a number argument")
     };
     if let Some(i) = args.iter().position(|a| a == "--tree-workload") {
-        tree::tree_workload(number(i + 1), number(i + 2));
+        tree::tree_workload(number(i + 1), number(i + 2), false);
+    }
+    if let Some(i) = args.iter().position(|a| a == "--cow-workload") {
+        tree::tree_workload(number(i + 1), number(i + 2), true);
     }
     if let Some(i) = args.iter().position(|a| a == "--thread-workload") {
         tree::thread_workload(number(i + 1));
@@ -115,7 +121,10 @@ fn trees(runs: usize, base: &std::path::Path, pids: rcr_engine::PidChoice) {
     tree::become_subreaper();
     let memcpy = memcpy_gbps(256);
     println!("rcr benchmark: trees and threads, median of {runs}; memcpy {memcpy:.2} GB/s");
-    println!("{:<34}{:>12}{:>12}", "workload", "dump", "restore");
+    println!(
+        "{:<44}{:>10}{:>10}{:>22}{:>22}",
+        "workload", "dump", "restore", "RSS before -> after", "PSS before -> after"
+    );
     let mut rows = Vec::new();
     let mut strategy = None;
     let mut configs: Vec<(String, Vec<String>)> = Vec::new();
@@ -127,6 +136,12 @@ fn trees(runs: usize, base: &std::path::Path, pids: rcr_engine::PidChoice) {
             ));
         }
     }
+    for procs in [2usize, 8] {
+        configs.push((
+            format!("{procs} processes sharing 64 MiB (inherited)"),
+            vec!["--cow-workload".into(), procs.to_string(), "64".into()],
+        ));
+    }
     configs.push((
         "1 process, 64 threads".into(),
         vec!["--thread-workload".into(), "64".into()],
@@ -134,24 +149,34 @@ fn trees(runs: usize, base: &std::path::Path, pids: rcr_engine::PidChoice) {
     for (name, args) in configs {
         let mut dumps = Vec::new();
         let mut restores = Vec::new();
+        let mut memory = None;
         for run in 0..runs {
             let dir = base.join(format!("rcr-bench-tree-{}-{run}", std::process::id()));
             let r = tree::round_trip(&args, &dir, pids);
             strategy = Some(r.pid_strategy);
             dumps.push(r.dump_s);
             restores.push(r.restore_s);
+            memory = Some((r.before, r.after));
         }
+        let (before, after) = memory.unwrap_or_default();
         let median = |v: &mut Vec<f64>| {
             v.sort_by(|a, b| a.total_cmp(b));
             v[v.len() / 2] * 1e3
         };
         let (d, r) = (median(&mut dumps), median(&mut restores));
+        let mib = |b: u64| b as f64 / MIB as f64;
         println!(
-            "{name:<34}{:>12}{:>12}",
+            "{name:<44}{:>10}{:>10}{:>22}{:>22}",
             format!("{d:.1} ms"),
-            format!("{r:.1} ms")
+            format!("{r:.1} ms"),
+            format!("{:.1} -> {:.1} MiB", mib(before.rss), mib(after.rss)),
+            format!("{:.1} -> {:.1} MiB", mib(before.pss), mib(after.pss)),
         );
-        rows.push(serde_json::json!({"workload": name, "dump_ms": d, "restore_ms": r}));
+        rows.push(serde_json::json!({
+            "workload": name, "dump_ms": d, "restore_ms": r,
+            "rss_before_bytes": before.rss, "rss_after_bytes": after.rss,
+            "pss_before_bytes": before.pss, "pss_after_bytes": after.pss,
+        }));
     }
     println!(
         "{}",

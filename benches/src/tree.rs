@@ -2,7 +2,11 @@
 //! each, and of one process with many threads; dump time beside it.
 //!
 //! The tree workload's root forks N - 1 children; every process fills its
-//! memory with a pattern. Readiness is counted in a shared anonymous page
+//! memory with a pattern (or, with `inherit`, the root fills it once before
+//! forking and the children only read what they inherited, so it stays
+//! shared copy-on-write; a restore that gives each child its own copy shows
+//! in the tree's RSS and PSS, which [`round_trip`] reads before the dump and
+//! after the restore). Readiness is counted in a shared anonymous page
 //! (which rcr restores as shared). On SIGUSR1 the root wakes the children,
 //! each checks its memory and exits, and the root exits 0 only if all did so
 //! with 0. The thread workload parks its threads in `pause()` and, once
@@ -61,8 +65,9 @@ fn intact(mem: &[u64], seed: usize) -> bool {
     mem.iter().enumerate().all(|(i, &w)| w == pattern(i ^ seed))
 }
 
-/// `--tree-workload N MIB`: the tree workload's root.
-pub fn tree_workload(procs: usize, mib: usize) -> ! {
+/// `--tree-workload N MIB` (or `--cow-workload N MIB`, `inherit`): the tree
+/// workload's root.
+pub fn tree_workload(procs: usize, mib: usize, inherit: bool) -> ! {
     prepare_workload();
     // SAFETY: one shared anonymous page for the ready count.
     let ready = unsafe {
@@ -79,6 +84,7 @@ pub fn tree_workload(procs: usize, mib: usize) -> ! {
     // SAFETY: the page is mapped, aligned and lives as long as the process.
     let ready = unsafe { &*(ready as *const AtomicU64) };
     let null = dev_null();
+    let inherited = inherit.then(|| filled(mib, 0));
     let mut children = Vec::new();
     for n in 1..procs {
         // SAFETY: fork; the child only runs the simple code below and exits.
@@ -87,14 +93,21 @@ pub fn tree_workload(procs: usize, mib: usize) -> ! {
             // Only the root tells the benchmark it is ready: drop its pipe.
             // SAFETY: replaces fd 1 with the descriptor of /dev/null.
             unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) };
-            let mem = filled(mib, n);
+            let own;
+            let (mem, seed) = match &inherited {
+                Some(mem) => (mem, 0),
+                None => {
+                    own = filled(mib, n);
+                    (&own, n)
+                }
+            };
             ready.fetch_add(1, Ordering::SeqCst);
             wait_for_wake();
-            std::process::exit(if intact(&mem, n) { 0 } else { 1 });
+            std::process::exit(if intact(mem, seed) { 0 } else { 1 });
         }
         children.push(pid);
     }
-    let mem = filled(mib, 0);
+    let mem = inherited.unwrap_or_else(|| filled(mib, 0));
     while ready.load(Ordering::SeqCst) < (procs - 1) as u64 {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
@@ -159,6 +172,55 @@ pub struct RoundTrip {
     pub freeze_s: f64,
     pub image_bytes: u64,
     pub pid_strategy: rcr_engine::PidStrategy,
+    /// The tree's memory once ready, before the dump.
+    pub before: TreeMemory,
+    /// The restored tree's memory, before it is woken.
+    pub after: TreeMemory,
+}
+
+/// Resident and proportional set sizes summed over a tree's processes, in
+/// bytes, from /proc/PID/smaps_rollup.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TreeMemory {
+    pub rss: u64,
+    pub pss: u64,
+}
+
+/// The memory of `root` and all its descendants.
+pub fn tree_memory(root: i32) -> TreeMemory {
+    let mut pids = vec![root];
+    let mut next = 0;
+    while next < pids.len() {
+        let pid = pids[next];
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten();
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            pids.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+        next += 1;
+    }
+    let mut total = TreeMemory::default();
+    for pid in pids {
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let kib = |key: &str| -> u64 {
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        total.rss += kib("Rss:") * 1024;
+        total.pss += kib("Pss:") * 1024;
+    }
+    total
 }
 
 /// One dump and restore of a workload started with `args` (it says ready on
@@ -186,6 +248,7 @@ pub fn round_trip(
         .read_to_end(&mut ready)
         .expect("workload ready");
     assert_eq!(ready, b"ready\n", "workload {args:?} did not start");
+    let before = tree_memory(pid);
     let t = Instant::now();
     let stats = rcr_engine::dump(&rcr_engine::DumpOptions {
         pid,
@@ -205,6 +268,7 @@ pub fn round_trip(
     })
     .unwrap_or_else(|e| panic!("restore {args:?}: {e}"));
     let restore_s = t.elapsed().as_secs_f64();
+    let after = tree_memory(restored.pid);
     let mut status = 0;
     // SAFETY: wakes and reaps the process we just restored (our child again).
     unsafe {
@@ -222,5 +286,7 @@ pub fn round_trip(
         freeze_s: stats.freeze_seconds,
         image_bytes: stats.image_bytes,
         pid_strategy: restored.pid_strategy,
+        before,
+        after,
     }
 }

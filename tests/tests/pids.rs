@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 const TREE: &str = env!("CARGO_BIN_EXE_wl_tree");
 const THREADS: &str = env!("CARGO_BIN_EXE_wl_threads");
+const ORPHANS: &str = env!("CARGO_BIN_EXE_wl_orphans");
 const DENY_CLONE3: &str = env!("CARGO_BIN_EXE_deny_clone3");
 const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
 
@@ -57,10 +58,16 @@ fn assert_strategy(run: &RcrRun, name: &str) {
     );
 }
 
-/// Tree then threads, each restored with `--pids how`.
+/// Tree, threads and orphaned sessions and groups (whose helpers get their
+/// pids the same way), each restored with `--pids how`.
 fn both_workloads(how: &str, before_restore: impl Fn(i32)) {
     let _serial = serial();
-    for (name, program, params) in [("tree", TREE, &[][..]), ("threads", THREADS, &["4"][..])] {
+    let workloads = [
+        ("tree", TREE, &[][..]),
+        ("threads", THREADS, &["4"][..]),
+        ("orphans", ORPHANS, &[][..]),
+    ];
+    for (name, program, params) in workloads {
         let run = roundtrip(
             &format!("pids-{how}-{name}"),
             program,

@@ -23,3 +23,22 @@ fn tree_workload_checks_itself() {
     assert_eq!(w.descendants.len(), 4, "descendants: {:?}", w.descendants);
     w.finish_ok();
 }
+
+const ORPHANS: &str = env!("CARGO_BIN_EXE_wl_orphans");
+
+/// A daemon whose session leader exited, and a group whose leader exited,
+/// come back with their ids (helper tasks stand in for the leaders).
+#[test]
+fn sessions_and_groups_whose_leader_exited_survive() {
+    roundtrip("orphans", Path::new(ORPHANS), &[], &[], 2, Duration::ZERO);
+}
+
+/// Without rcr in between, every check passes.
+#[test]
+fn orphans_workload_checks_itself() {
+    let dir = TestDir::new("orphans-plain");
+    let mut w = Workload::spawn(&dir, Path::new(ORPHANS), &[], &[]);
+    w.wait_ready();
+    assert_eq!(w.descendants.len(), 4, "descendants: {:?}", w.descendants);
+    w.finish_ok();
+}

@@ -5,6 +5,9 @@
 //! The tree is seized from the root down: a process is stopped before its
 //! children are listed, so no child can appear unseen. Children that have
 //! already exited (zombies) cannot be traced; they are recorded as they are.
+//! A thread that ends while it is being seized (the kernel refuses to trace
+//! one that is exiting) is left out: it is gone by the time the dump reads
+//! the process.
 
 use crate::error::{Error, Result};
 use crate::proc::stat::{self, Stat};
@@ -120,8 +123,8 @@ fn seize(pid: i32) -> Result<Seized> {
         }
         for tid in new {
             match ptrace::seize(tid, ptrace::default_options()) {
-                // It exited since the listing.
-                Err(e) if e.errno == Errno::ESRCH => continue,
+                // It exited since the listing, or is exiting (EPERM).
+                Err(e) if e.errno == Errno::ESRCH || thread_ended(pid, tid) => continue,
                 Err(e) => return Err(traced(tid)(e)),
                 Ok(()) => {}
             }
@@ -133,6 +136,11 @@ fn seize(pid: i32) -> Result<Seized> {
             }
         }
     }
+}
+
+/// Whether thread `tid` of `pid` is gone or exiting, as far as /proc says.
+fn thread_ended(pid: i32, tid: i32) -> bool {
+    stat::read_task_stat(pid, tid).map_or(true, |st| matches!(st.state, 'Z' | 'X'))
 }
 
 fn seize_leader(pid: i32) -> Result<()> {

@@ -38,8 +38,16 @@ pub mod op {
     /// Fork the task whose plan index is `arg` with the next pid the kernel
     /// gives, which rcr made the saved one.
     pub const FORK_NEXT: u32 = 7;
-    /// Reap child `arg`, forked with a wrong pid (which rcr saw end).
+    /// Reap child `arg`, forked with a wrong pid or a helper (which rcr
+    /// saw end).
     pub const REAP: u32 = 8;
+    /// Become a child subreaper.
+    pub const SUBREAPER: u32 = 9;
+    /// Fork a helper with pid `arg`: a copy of this task, serving the same
+    /// commands, that stands in for a session or group leader.
+    pub const HELPER: u32 = 10;
+    /// [`HELPER`] with the next pid the kernel gives, which rcr made `arg`.
+    pub const HELPER_NEXT: u32 = 11;
 }
 
 /// One descriptor to install: `src` (rcr's) becomes `target` (the task's).
@@ -185,6 +193,23 @@ fn serve(plans: &[ChildPlan], me: usize, rseq: RseqConf) -> ! {
                             libc::syscall(libc::SYS_exit_group, 0);
                         }
                         serve(plans, cmd.arg as usize, rseq);
+                    }
+                }
+                op::SUBREAPER => {
+                    sys(
+                        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) as libc::c_long,
+                        Step::ChildSession,
+                    );
+                }
+                op::HELPER | op::HELPER_NEXT => {
+                    let ret = if cmd.op == op::HELPER {
+                        fork_with_pid(cmd.arg, libc::SIGCHLD)
+                    } else {
+                        fork_next(libc::SIGCHLD)
+                    };
+                    result = sys(ret, Step::ChildFork);
+                    if result == 0 && libc::getpid() != cmd.arg {
+                        libc::syscall(libc::SYS_exit_group, 0);
                     }
                 }
                 op::REAP => {

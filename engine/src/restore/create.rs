@@ -47,6 +47,8 @@ struct Created<'a> {
     procs: &'a [Release],
     /// How many of `procs` exist (in creation order, not tree order).
     made: Vec<usize>,
+    /// Helpers that exist and were not reaped yet.
+    helpers: Vec<i32>,
     released: bool,
 }
 
@@ -54,6 +56,13 @@ impl Drop for Created<'_> {
     fn drop(&mut self) {
         if self.released {
             return;
+        }
+        for &pid in &self.helpers {
+            // SAFETY: signals and reaps a helper we created.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+            }
         }
         for &i in self.made.iter().rev() {
             let p = &self.procs[i];
@@ -166,28 +175,100 @@ pub fn create(
     let mut created = Created {
         procs,
         made: vec![0],
+        helpers: Vec::new(),
         released: false,
     };
     drop(readers);
     attach(root, &writers[0])?;
     wait_trap(root, TRAP_ACK, pids)?;
-    let command = |i: usize, op: u32, arg: i32| -> Result<()> {
-        write_bytes(&writers[i], &Command { op, arg })?;
-        ptrace::cont(procs[i].pid, 0).map_err(traced(procs[i].pid))
+    // Tasks past the processes are helpers: (pid, the parent whose command
+    // channel they share, being its copies).
+    let helpers: Vec<(i32, usize)> = {
+        let mut h: Vec<(usize, i32, usize)> = steps
+            .iter()
+            .filter_map(|s| match *s {
+                TreeStep::Helper { parent, task, pid } => Some((task, pid, parent)),
+                _ => None,
+            })
+            .collect();
+        h.sort_unstable();
+        h.into_iter()
+            .map(|(_, pid, parent)| (pid, parent))
+            .collect()
+    };
+    let n = procs.len();
+    let pid_of = |t: usize| {
+        if t < n {
+            procs[t].pid
+        } else {
+            helpers[t - n].0
+        }
+    };
+    let command = |t: usize, op: u32, arg: i32| -> Result<()> {
+        let channel = if t < n { t } else { helpers[t - n].1 };
+        write_bytes(&writers[channel], &Command { op, arg })?;
+        ptrace::cont(pid_of(t), 0).map_err(traced(pid_of(t)))
+    };
+    // `parent` forks a task that must get pid `want` (asked for with
+    // `fork_op`/`next_op` and `arg`); wrong pids are reaped and tried again.
+    let fork = |parent: usize,
+                want: i32,
+                (fork_op, next_op): (u32, u32),
+                arg: i32,
+                pids: &mut Pids|
+     -> Result<()> {
+        let parent_pid = pid_of(parent);
+        let fork = match pids.strategy() {
+            PidStrategy::SetTid => fork_op,
+            _ => next_op,
+        };
+        let mut tries = 0;
+        loop {
+            let arranged = pids.arrange(want)?;
+            command(parent, fork, arg)?;
+            let got = wait_trap(parent_pid, TRAP_ACK, pids)? as i32;
+            drop(arranged);
+            if got == want {
+                return Ok(());
+            }
+            // The child with the wrong pid ends by itself; once rcr,
+            // its tracer, has seen that, the parent reaps it.
+            wait_exit(got)?;
+            command(parent, op::REAP, got)?;
+            wait_trap(parent_pid, TRAP_ACK, pids)?;
+            pids.retry(want, got as i64, &mut tries)?;
+        }
     };
     for &step in steps {
         match step {
+            TreeStep::Subreaper(i) => {
+                command(i, op::SUBREAPER, 0)?;
+                wait_trap(pid_of(i), TRAP_ACK, pids)?;
+            }
+            TreeStep::Helper { parent, pid, .. } => {
+                fork(parent, pid, (op::HELPER, op::HELPER_NEXT), pid, pids)?;
+                created.helpers.push(pid);
+                wait_trap(pid, TRAP_ACK, pids)?;
+            }
+            TreeStep::Dismiss { parent, task } => {
+                let pid = pid_of(task);
+                command(task, op::EXIT, 0)?;
+                wait_exit(pid)?;
+                command(parent, op::REAP, pid)?;
+                wait_trap(pid_of(parent), TRAP_ACK, pids)?;
+                created.helpers.retain(|&h| h != pid);
+            }
             TreeStep::Setsid(i) => {
                 command(i, op::SETSID, 0)?;
-                wait_trap(procs[i].pid, TRAP_ACK, pids)?;
+                wait_trap(pid_of(i), TRAP_ACK, pids)?;
             }
             TreeStep::OwnGroup(i) => {
                 command(i, op::OWN_GROUP, 0)?;
-                wait_trap(procs[i].pid, TRAP_ACK, pids)?;
+                wait_trap(pid_of(i), TRAP_ACK, pids)?;
             }
             TreeStep::JoinGroup { task, leader } => {
                 let pgid = match leader {
-                    Some(l) => procs[l].pid,
+                    Some(l) => pid_of(l),
                     // SAFETY: getpgid only reads.
                     None => unsafe { libc::getpgid(root) },
                 };
@@ -195,27 +276,8 @@ pub fn create(
                 wait_trap(procs[task].pid, TRAP_ACK, pids)?;
             }
             TreeStep::Fork { parent, child } => {
-                let (want, parent_pid) = (procs[child].pid, procs[parent].pid);
-                let fork = match pids.strategy() {
-                    PidStrategy::SetTid => op::FORK,
-                    _ => op::FORK_NEXT,
-                };
-                let mut tries = 0;
-                loop {
-                    let arranged = pids.arrange(want)?;
-                    command(parent, fork, child as i32)?;
-                    let got = wait_trap(parent_pid, TRAP_ACK, pids)? as i32;
-                    drop(arranged);
-                    if got == want {
-                        break;
-                    }
-                    // The child with the wrong pid ends by itself; once rcr,
-                    // its tracer, has seen that, the parent reaps it.
-                    wait_exit(got)?;
-                    command(parent, op::REAP, got)?;
-                    wait_trap(parent_pid, TRAP_ACK, pids)?;
-                    pids.retry(want, got as i64, &mut tries)?;
-                }
+                let want = procs[child].pid;
+                fork(parent, want, (op::FORK, op::FORK_NEXT), child as i32, pids)?;
                 created.made.push(child);
                 wait_trap(want, TRAP_ACK, pids)?;
             }
