@@ -5,9 +5,12 @@
 //!
 //! `rcr-bench [--mib N] [--runs R] [--dir DIR]` (defaults: 1024 MiB, 3 runs,
 //! a directory under /tmp). `rcr-bench --trees [--runs R] [--dir DIR]`
-//! measures trees of 1 to 16 processes and a 64-thread process instead.
-//! `--tree-workload N MIB` and `--thread-workload N` are the workloads.
+//! measures trees of 1 to 16 processes and a 64-thread process instead;
+//! `rcr-bench --fds N [--runs R]` a process holding N descriptors of mixed
+//! kinds. `--tree-workload N MIB`, `--thread-workload N` and
+//! `--fds-workload N` are the workloads.
 
+mod fds;
 mod tree;
 
 use std::path::PathBuf;
@@ -36,12 +39,19 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--tree-workload") {
         tree::tree_workload(number(i + 1), number(i + 2));
     }
+    if let Some(i) = args.iter().position(|a| a == "--fds-workload") {
+        fds::fds_workload(number(i + 1));
+    }
     if let Some(i) = args.iter().position(|a| a == "--thread-workload") {
         tree::thread_workload(number(i + 1));
     }
     let mib: usize = flag("--mib").map_or(1024, |s| s.parse().expect("--mib N"));
     let runs: usize = flag("--runs").map_or(3, |s| s.parse().expect("--runs N"));
     let base = PathBuf::from(flag("--dir").unwrap_or_else(|| "/tmp".into()));
+    if let Some(n) = flag("--fds") {
+        fds::fds(n.parse().expect("--fds N"), runs, &base);
+        return;
+    }
     if args.iter().any(|a| a == "--trees") {
         trees(runs, &base);
         return;
@@ -53,11 +63,7 @@ fn main() {
         let args = ["--tree-workload".into(), "1".into(), mib.to_string()];
         results.push(tree::round_trip(&args, &dir));
     }
-    let median = |f: fn(&tree::RoundTrip) -> f64| {
-        let mut v: Vec<f64> = results.iter().map(f).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
+    let median = |f: fn(&tree::RoundTrip) -> f64| median(results.iter().map(f));
     let bytes = (mib * MIB) as f64;
     let dump_s = median(|r| r.dump_s);
     let restore_s = median(|r| r.restore_s);
@@ -133,11 +139,7 @@ fn trees(runs: usize, base: &std::path::Path) {
             dumps.push(r.dump_s);
             restores.push(r.restore_s);
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(|a, b| a.total_cmp(b));
-            v[v.len() / 2] * 1e3
-        };
-        let (d, r) = (median(&mut dumps), median(&mut restores));
+        let (d, r) = (median(dumps) * 1e3, median(restores) * 1e3);
         println!(
             "{name:<34}{:>12}{:>12}",
             format!("{d:.1} ms"),
@@ -149,6 +151,13 @@ fn trees(runs: usize, base: &std::path::Path) {
         "{}",
         serde_json::json!({"memcpy_gbps": memcpy, "pid_strategy": "clone3 set_tid", "trees": rows})
     );
+}
+
+/// The median of some timings.
+pub(crate) fn median(v: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = v.into_iter().collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 /// memcpy into an already-faulted destination, GB/s.

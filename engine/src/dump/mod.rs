@@ -102,6 +102,7 @@ fn write_tree(tree: &SeizedTree, dir: &ImageDir, opts: &DumpOptions) -> Result<u
     for (s, st) in &live {
         pages_bytes += dump_process(s.pid(), s.tids(), st, dir, &mut file_table)?;
     }
+    file_table.resolve_epolls()?;
     file_table.check_unix_sockets()?;
     images::write(&dir.files(), &file_table.finish())?;
     images::write(&dir.pstree(), &pb::ProcessTree { processes: entries })?;
