@@ -386,9 +386,9 @@ pub fn dump_fds(
                 .filter(|_| matches!(f.object, Object::Unix(_)))
         });
         let cloexec = f.info.flags & libc::O_CLOEXEC as u32 != 0;
-        let id = match (shared, found) {
-            (Some(id), _) => id,
-            (None, found) => {
+        let id = match shared {
+            Some(id) => id,
+            None => {
                 let kind = dump_object(pid, &f, files)?;
                 let id = files.add(kind);
                 if let Object::Unix(_) = f.object {
