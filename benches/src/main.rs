@@ -9,9 +9,11 @@
 //! with the trees' RSS and PSS before the dump and after the restore (trees
 //! whose children inherited their memory unwritten show it ballooning).
 //! `--tree-workload N MIB`, `--cow-workload N MIB` and `--thread-workload N`
-//! are the workloads.
+//! are the workloads. `rcr-bench --fds N [--runs R]` measures a process
+//! holding N descriptors of mixed kinds (`--fds-workload N`).
 //! `--pids set_tid|ns_last_pid|spin` restores pids only that way.
 
+mod fds;
 mod tree;
 
 use std::path::PathBuf;
@@ -43,6 +45,9 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--cow-workload") {
         tree::tree_workload(number(i + 1), number(i + 2), true);
     }
+    if let Some(i) = args.iter().position(|a| a == "--fds-workload") {
+        fds::fds_workload(number(i + 1));
+    }
     if let Some(i) = args.iter().position(|a| a == "--thread-workload") {
         tree::thread_workload(number(i + 1));
     }
@@ -54,6 +59,10 @@ fn main() {
             .map(rcr_engine::PidChoice::Only)
             .expect("--pids set_tid|ns_last_pid|spin")
     });
+    if let Some(n) = flag("--fds") {
+        fds::fds(n.parse().expect("--fds N"), runs, &base);
+        return;
+    }
     if args.iter().any(|a| a == "--trees") {
         trees(runs, &base, pids);
         return;
@@ -65,11 +74,7 @@ fn main() {
         let args = ["--tree-workload".into(), "1".into(), mib.to_string()];
         results.push(tree::round_trip(&args, &dir, pids));
     }
-    let median = |f: fn(&tree::RoundTrip) -> f64| {
-        let mut v: Vec<f64> = results.iter().map(f).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
+    let median = |f: fn(&tree::RoundTrip) -> f64| median(results.iter().map(f));
     let bytes = (mib * MIB) as f64;
     let dump_s = median(|r| r.dump_s);
     let restore_s = median(|r| r.restore_s);
@@ -159,11 +164,7 @@ fn trees(runs: usize, base: &std::path::Path, pids: rcr_engine::PidChoice) {
             memory = Some((r.before, r.after));
         }
         let (before, after) = memory.unwrap_or_default();
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(|a, b| a.total_cmp(b));
-            v[v.len() / 2] * 1e3
-        };
-        let (d, r) = (median(&mut dumps), median(&mut restores));
+        let (d, r) = (median(dumps) * 1e3, median(restores) * 1e3);
         let mib = |b: u64| b as f64 / MIB as f64;
         println!(
             "{name:<44}{:>10}{:>10}{:>22}{:>22}",
@@ -182,6 +183,13 @@ fn trees(runs: usize, base: &std::path::Path, pids: rcr_engine::PidChoice) {
         "{}",
         serde_json::json!({"memcpy_gbps": memcpy, "pid_strategy": strategy, "trees": rows})
     );
+}
+
+/// The median of some timings.
+pub(crate) fn median(v: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = v.into_iter().collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 /// memcpy into an already-faulted destination, GB/s.

@@ -24,7 +24,7 @@ extern "C" fn on_usr1(_: libc::c_int) {
     WOKEN.store(true, Ordering::SeqCst);
 }
 
-fn wait_for_wake() {
+pub(crate) fn wait_for_wake() {
     while !WOKEN.load(Ordering::SeqCst) {
         // SAFETY: pause just waits for a signal.
         unsafe { libc::pause() };
@@ -32,7 +32,7 @@ fn wait_for_wake() {
 }
 
 /// Installs the wake handler and drops descriptors the workload did not open.
-fn prepare_workload() {
+pub(crate) fn prepare_workload() {
     // SAFETY: closes inherited descriptors and installs a handler that only
     // stores to an atomic.
     unsafe {
@@ -43,7 +43,7 @@ fn prepare_workload() {
 
 /// Says ready on stdout (a pipe the benchmark reads), then swaps stdout
 /// for /dev/null, since the benchmark's pipe is not part of the workload.
-fn say_ready() {
+pub(crate) fn say_ready() {
     use std::io::Write;
     std::io::stdout().write_all(b"ready\n").expect("say ready");
     // SAFETY: replaces fd 1 with /dev/null.

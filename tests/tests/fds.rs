@@ -44,3 +44,8 @@ fn memfds_keep_content_seals_and_sharing() {
 fn deleted_files_keep_their_content() {
     roundtrip_once("deleted", env!("CARGO_BIN_EXE_wl_deleted"));
 }
+
+#[test]
+fn epoll_shared_across_fork_keeps_registrations_of_renumbered_fds() {
+    roundtrip_once("epoll-shared", env!("CARGO_BIN_EXE_wl_epoll_shared"));
+}

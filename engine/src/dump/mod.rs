@@ -118,6 +118,7 @@ fn write_tree(
     for (s, st) in &live {
         pages_bytes += dump_process(s.pid(), s.tids(), st, dir, &mut file_table)?;
     }
+    file_table.resolve_epolls()?;
     file_table.check_unix_sockets()?;
     let repaired = file_table.take_repaired();
     let mut table = file_table.finish();

@@ -14,7 +14,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::proc::fdinfo::{self, FdTarget};
 use rcr_images::pb::{self, file_entry::Kind};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -36,14 +36,25 @@ pub struct FileTableBuilder {
     pipes: Inodes<pb::Pipe>,
     memfds: Inodes<pb::MemFd>,
     deleted: Inodes<pb::DeletedFile>,
-    /// Every open file description stored so far, across the tree:
-    /// (pid, fd, dev, ino, id), so that one inherited across fork is
-    /// stored once.
-    opened: Vec<(i32, i32, u64, u64, u32)>,
+    /// Every open file description stored so far, across the tree, so that
+    /// one inherited across fork or dup'ed is stored once: bucketed by
+    /// (dev, ino), each bucket in kcmp order (see [`find_stored`]).
+    opened: HashMap<(u64, u64), Vec<Stored>>,
     unix: unix_socket::Collected,
     /// Established TCP connections taken in repair mode (`--tcp-established`);
     /// None: they are refused.
     repaired: Option<inet_socket::Repaired>,
+    /// Epoll registrations to find among every process's files: (pid, fd,
+    /// (dev, ino) of the epoll, the registration).
+    foreign: Vec<(i32, i32, (u64, u64), epoll::Foreign)>,
+}
+
+/// An open file description already stored: a descriptor of it, and its id.
+#[derive(Clone, Copy)]
+struct Stored {
+    pid: i32,
+    fd: i32,
+    id: u32,
 }
 
 /// Objects that several open file descriptions may share, stored once each.
@@ -101,11 +112,7 @@ impl<'a, T> Made<'a, T> {
     /// A descriptor of object `id`, open for reading and writing.
     pub(crate) fn get(&mut self, id: u32) -> Result<&OwnedFd> {
         if !self.made.contains_key(&id) {
-            let saved = self
-                .saved
-                .iter()
-                .find(|s| (self.id_of)(s) == id)
-                .expect("checked at load");
+            let saved = by_id(self.saved, id, self.id_of).expect("checked at load");
             let fd = (self.make)(saved)?;
             self.made.insert(id, fd);
         }
@@ -160,6 +167,37 @@ impl FileTableBuilder {
     /// The sockets left in repair mode, for the caller to close or release.
     pub fn take_repaired(&mut self) -> Option<inet_socket::Repaired> {
         self.repaired.take()
+    }
+
+    /// Finds the file of each epoll registration that the process the
+    /// epoll was stored from no longer holds at its number, among the files
+    /// of every process (an epoll shared across fork); refuses one that no
+    /// process of the tree holds.
+    pub fn resolve_epolls(&mut self) -> Result<()> {
+        for (pid, efd, key, t) in std::mem::take(&mut self.foreign) {
+            let epoll_id =
+                find_stored(&self.opened[&key], pid, efd)?.expect("stored with its registrations");
+            let file_id = self
+                .opened
+                .iter()
+                .filter(|(k, _)| k.1 == t.ino)
+                .flat_map(|(_, bucket)| bucket)
+                .find(|s| t.held_by(pid, efd, s.pid, s.fd))
+                .map(|s| s.id)
+                .ok_or_else(|| Error::Unsupported {
+                    pid,
+                    what: format!(
+                        "epoll fd {efd} watching a file that no process of the tree holds \
+                         (registered as fd {})",
+                        t.fd
+                    ),
+                })?;
+            let entry = &mut self.entries[epoll_id as usize - 1];
+            if let Some(Kind::Epoll(e)) = &mut entry.kind {
+                e.targets[t.index].file_id = file_id;
+            }
+        }
+        Ok(())
     }
 
     /// The finished table.
@@ -360,18 +398,14 @@ pub fn dump_fds(
 ) -> Result<Vec<pb::Fd>> {
     let mut out = Vec::with_capacity(fds.len());
     for ExaminedFd(f) in fds {
-        let (dev, ino) = (f.meta.dev(), f.meta.ino());
-        let shared = files
-            .opened
-            .iter()
-            .find(|(p, other, d, i, _)| *d == dev && *i == ino && same_file(*p, *other, pid, f.fd))
-            .map(|(_, _, _, _, id)| *id)
-            .or_else(|| {
-                files
-                    .unix
-                    .file_of(ino)
-                    .filter(|_| matches!(f.object, Object::Unix(_)))
-            });
+        let key = (f.meta.dev(), f.meta.ino());
+        let found = find_stored(files.opened.get(&key).map_or(&[], Vec::as_slice), pid, f.fd)?;
+        let shared = found.ok().or_else(|| {
+            files
+                .unix
+                .file_of(key.1)
+                .filter(|_| matches!(f.object, Object::Unix(_)))
+        });
         let cloexec = f.info.flags & libc::O_CLOEXEC as u32 != 0;
         let id = match shared {
             Some(id) => id,
@@ -379,9 +413,11 @@ pub fn dump_fds(
                 let kind = dump_object(pid, &f, files)?;
                 let id = files.add(kind);
                 if let Object::Unix(_) = f.object {
-                    files.unix.stored(ino, id, pid, f.fd);
+                    files.unix.stored(key.1, id, pid, f.fd);
                 }
-                files.opened.push((pid, f.fd, dev, ino, id));
+                let at = found.err().unwrap_or_default();
+                let stored = Stored { pid, fd: f.fd, id };
+                files.opened.entry(key).or_default().insert(at, stored);
                 id
             }
         };
@@ -408,7 +444,14 @@ fn dump_object(pid: i32, f: &OpenFd, files: &mut FileTableBuilder) -> Result<Kin
         Object::EventFd => Kind::Eventfd(eventfd::dump_eventfd(pid, f.fd, &f.info, flags)?),
         Object::SignalFd => Kind::Signalfd(signalfd::dump_signalfd(pid, f.fd, &f.info, flags)?),
         Object::TimerFd => Kind::Timerfd(timerfd::dump_timerfd(pid, f.fd, &f.info, flags)?),
-        Object::Epoll => Kind::Epoll(epoll::dump_epoll(pid, f.fd, &f.info, flags)?),
+        Object::Epoll => {
+            let (saved, foreign) = epoll::dump_epoll(pid, f.fd, &f.info, flags)?;
+            let key = (f.meta.dev(), f.meta.ino());
+            files
+                .foreign
+                .extend(foreign.into_iter().map(|t| (pid, f.fd, key, t)));
+            Kind::Epoll(saved)
+        }
         Object::Inotify => Kind::Inotify(inotify::dump_inotify(pid, f.fd, &f.info, flags)?),
         Object::MemFd(name) => {
             let memfd_id = files
@@ -442,25 +485,51 @@ fn dump_object(pid: i32, f: &OpenFd, files: &mut FileTableBuilder) -> Result<Kin
     })
 }
 
-fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> bool {
-    // SAFETY: kcmp only compares kernel objects of processes we trace.
-    let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) };
-    ret == 0
+/// The id of the stored open file description that `pid`'s `fd` refers
+/// to, or where to insert it in `bucket` to keep the kcmp order. kcmp
+/// orders open file descriptions, so a binary search takes log n calls
+/// where comparing with each would take n (all eventfds, timerfds and
+/// epolls share one anonymous inode, many opens one file).
+fn find_stored(bucket: &[Stored], pid: i32, fd: i32) -> Result<std::result::Result<u32, usize>> {
+    let (mut low, mut high) = (0, bucket.len());
+    while low < high {
+        let mid = (low + high) / 2;
+        let s = bucket[mid];
+        // SAFETY: kcmp only compares kernel objects of processes we trace.
+        let ret = unsafe { libc::syscall(libc::SYS_kcmp, s.pid, pid, KCMP_FILE, s.fd, fd) };
+        match ret {
+            0 => return Ok(Ok(s.id)),
+            1 => low = mid + 1,
+            2 => high = mid,
+            _ => {
+                return Err(Error::sys(
+                    pid,
+                    "kcmp(KCMP_FILE) on an fd",
+                    nix::errno::Errno::last(),
+                ))
+            }
+        }
+    }
+    Ok(Err(low))
 }
 
 /// Creates, in rcr, one descriptor per open file description the tasks'
 /// descriptors refer to (each id once, however many tasks share it, in the
-/// order of `tasks`). Each task's epoll instances come last, once every
-/// descriptor they watch exists, registered as that task's fd table says.
-pub fn open_task_files(table: &pb::FileTable, tasks: &[&[pb::Fd]]) -> Result<Vec<(u32, OwnedFd)>> {
+/// order of `tasks`). Epoll instances come last, once every descriptor they
+/// watch exists in any task, registered as the fd table of the task they
+/// were stored from says.
+pub fn open_task_files<'a>(
+    table: &'a pb::FileTable,
+    tasks: &[&'a [pb::Fd]],
+) -> Result<Vec<(u32, OwnedFd)>> {
     let mut pipes = Made::new(&table.pipes, |p| p.id, pipe::make_pipe);
     let mut memfds = Made::new(&table.memfds, |m| m.id, memfd::make_memfd);
     let mut deleted = Made::new(&table.deleted, |d| d.id, deleted::make_deleted);
     let mut sockets = unix_socket::Made::default();
     let mut opened: Vec<(u32, OwnedFd)> = Vec::new();
-    let mut epolls: Vec<(u32, &pb::Epoll)> = Vec::new();
+    let mut epolls: Vec<epoll::ToMake> = Vec::new();
+    let mut done: HashSet<u32> = HashSet::new();
     for fds in tasks {
-        let first_epoll = epolls.len();
         open_one_task(
             table,
             fds,
@@ -470,10 +539,11 @@ pub fn open_task_files(table: &pb::FileTable, tasks: &[&[pb::Fd]]) -> Result<Vec
             &mut sockets,
             &mut opened,
             &mut epolls,
+            &mut done,
         )?;
-        let made = epoll::restore_epolls(&epolls[first_epoll..], fds, &opened)?;
-        opened.extend(made);
     }
+    let made = epoll::restore_epolls(&epolls, &opened)?;
+    opened.extend(made);
     for (id, fd) in &opened {
         if let Some(Kind::Inet(s)) = file_by_id(table, *id) {
             inet_socket::release(fd, s)?;
@@ -485,18 +555,17 @@ pub fn open_task_files(table: &pb::FileTable, tasks: &[&[pb::Fd]]) -> Result<Vec
 #[allow(clippy::too_many_arguments)]
 fn open_one_task<'a>(
     table: &'a pb::FileTable,
-    fds: &[pb::Fd],
+    fds: &'a [pb::Fd],
     pipes: &mut Made<'a, pb::Pipe>,
     memfds: &mut Made<'a, pb::MemFd>,
     deleted: &mut Made<'a, pb::DeletedFile>,
     sockets: &mut unix_socket::Made,
     opened: &mut Vec<(u32, OwnedFd)>,
-    epolls: &mut Vec<(u32, &'a pb::Epoll)>,
+    epolls: &mut Vec<epoll::ToMake<'a>>,
+    done: &mut HashSet<u32>,
 ) -> Result<()> {
     for fd in fds {
-        if opened.iter().any(|(id, _)| *id == fd.file_id)
-            || epolls.iter().any(|(id, _)| *id == fd.file_id)
-        {
+        if !done.insert(fd.file_id) {
             continue;
         }
         let kind = file_by_id(table, fd.file_id).expect("checked at load");
@@ -512,7 +581,7 @@ fn open_one_task<'a>(
             Kind::Unix(_) => sockets.take(table, fd.file_id)?,
             Kind::Inet(s) => inet_socket::restore(s)?,
             Kind::Epoll(e) => {
-                epolls.push((fd.file_id, e));
+                epolls.push((fd.file_id, e, fds));
                 continue;
             }
         };
@@ -526,19 +595,19 @@ fn open_one_task<'a>(
 pub fn check_table(table: &pb::FileTable, fds: &[pb::Fd]) -> std::result::Result<(), String> {
     for f in &table.files {
         match &f.kind {
-            Some(Kind::Pipe(end)) if !table.pipes.iter().any(|p| p.id == end.pipe_id) => {
+            Some(Kind::Pipe(end)) if by_id(&table.pipes, end.pipe_id, |p| p.id).is_none() => {
                 return Err(format!(
                     "file {} is an end of pipe {} which is not stored",
                     f.id, end.pipe_id
                 ))
             }
-            Some(Kind::Memfd(m)) if !table.memfds.iter().any(|s| s.id == m.memfd_id) => {
+            Some(Kind::Memfd(m)) if by_id(&table.memfds, m.memfd_id, |s| s.id).is_none() => {
                 return Err(format!(
                     "file {} opens memfd {} which is not stored",
                     f.id, m.memfd_id
                 ))
             }
-            Some(Kind::Deleted(d)) if !table.deleted.iter().any(|s| s.id == d.deleted_id) => {
+            Some(Kind::Deleted(d)) if by_id(&table.deleted, d.deleted_id, |s| s.id).is_none() => {
                 return Err(format!(
                     "file {} opens deleted file {} which is not stored",
                     f.id, d.deleted_id
@@ -548,7 +617,11 @@ pub fn check_table(table: &pb::FileTable, fds: &[pb::Fd]) -> std::result::Result
                 inet_socket::check_saved(s).map_err(|e| format!("file {}: {e}", f.id))?
             }
             Some(Kind::Epoll(e)) => {
-                if let Some(t) = e.targets.iter().find(|t| !fds.iter().any(|d| d.fd == t.fd)) {
+                let stored = |t: &&pb::EpollTarget| match t.file_id {
+                    0 => fds.iter().any(|d| d.fd == t.fd),
+                    id => file_by_id(table, id).is_some(),
+                };
+                if let Some(t) = e.targets.iter().find(|t| !stored(t)) {
                     return Err(format!(
                         "epoll file {} watches fd {} which is not stored",
                         f.id, t.fd
@@ -705,11 +778,17 @@ pub fn is_own_exe(file: &pb::RegFile) -> bool {
 
 /// The saved file of any kind with this id.
 pub fn file_by_id(table: &pb::FileTable, id: u32) -> Option<&Kind> {
-    table
-        .files
-        .iter()
-        .find(|f| f.id == id)
-        .and_then(|f| f.kind.as_ref())
+    by_id(&table.files, id, |f| f.id).and_then(|f| f.kind.as_ref())
+}
+
+/// The object of `saved` with this id. rcr hands ids out in order from 1,
+/// so it is looked for at `id - 1` first: tens of thousands of lookups
+/// stay linear in all.
+fn by_id<T>(saved: &[T], id: u32, id_of: impl Fn(&T) -> u32) -> Option<&T> {
+    saved
+        .get((id as usize).wrapping_sub(1))
+        .filter(|s| id_of(s) == id)
+        .or_else(|| saved.iter().find(|s| id_of(s) == id))
 }
 
 /// The saved regular file with this id.
