@@ -372,7 +372,7 @@ pub fn run_rcr_with(
     };
     dir.as_user(&mut cmd);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn rcr: {e}"));
+    let mut child = spawn_retrying(&mut cmd);
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait for rcr") {
@@ -397,6 +397,22 @@ pub fn run_rcr_with(
     let _ = fs::remove_file(&out_path);
     let _ = fs::remove_file(&err_path);
     run
+}
+
+/// Spawns `cmd`, again while it is ETXTBSY: a copy of rcr that a test just
+/// wrote (see `unpriv::capped_rcr`) stays busy while a process forked by
+/// another test thread still holds the inherited write descriptor, until
+/// that process execs.
+pub fn spawn_retrying(cmd: &mut Command) -> std::process::Child {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(POLL)
+            }
+            r => return r.unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")),
+        }
+    }
 }
 
 /// Runs `rcr args` with the default timeout.

@@ -4,7 +4,7 @@
 //! and as a plain user (who gets a user namespace).
 
 use rcr_engine::privilege::CAP_CHECKPOINT_RESTORE;
-use rcr_tests::harness::{chown, run_rcr, send_signal, wait_pid, Exit, TestDir};
+use rcr_tests::harness::{chown, run_rcr, send_signal, spawn_retrying, wait_pid, Exit, TestDir};
 use rcr_tests::unpriv::{capped_rcr, TestUser};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -60,7 +60,7 @@ impl Run {
             })
         };
         #[allow(clippy::zombie_processes)]
-        let outer = cmd.spawn().expect("spawn rcr run").id() as i32;
+        let outer = spawn_retrying(&mut cmd).id() as i32;
         let mut run = Run {
             outer,
             init: 0,
@@ -192,14 +192,16 @@ fn run_says_when_the_restore_failed() {
     chown(&images, user.uid);
     let mut cmd = Command::new(dir.rcr());
     dir.as_user(&mut cmd);
-    let out = cmd
-        .arg("run")
+    cmd.arg("run")
         .arg("--image")
         .arg(&images)
         .arg("--")
         .arg("true")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = spawn_retrying(&mut cmd)
+        .wait_with_output()
         .expect("rcr run");
     assert_eq!(
         out.status.code(),
