@@ -209,6 +209,11 @@ pub fn create(
         write_bytes(&writers[channel], &Command { op, arg })?;
         ptrace::cont(pid_of(t), 0).map_err(traced(pid_of(t)))
     };
+    // A command and its acknowledgement; returns what the task reported.
+    let ask = |t: usize, op: u32, arg: i32, pids: &mut Pids| -> Result<u64> {
+        command(t, op, arg)?;
+        wait_trap(pid_of(t), TRAP_ACK, pids)
+    };
     // `parent` forks a task that must get pid `want` (asked for with
     // `fork_op`/`next_op` and `arg`); wrong pids are reaped and tried again.
     let fork = |parent: usize,
@@ -217,7 +222,6 @@ pub fn create(
                 arg: i32,
                 pids: &mut Pids|
      -> Result<()> {
-        let parent_pid = pid_of(parent);
         let fork = match pids.strategy() {
             PidStrategy::SetTid => fork_op,
             _ => next_op,
@@ -225,8 +229,7 @@ pub fn create(
         let mut tries = 0;
         loop {
             let arranged = pids.arrange(want)?;
-            command(parent, fork, arg)?;
-            let got = wait_trap(parent_pid, TRAP_ACK, pids)? as i32;
+            let got = ask(parent, fork, arg, pids)? as i32;
             drop(arranged);
             if got == want {
                 return Ok(());
@@ -234,16 +237,14 @@ pub fn create(
             // The child with the wrong pid ends by itself; once rcr,
             // its tracer, has seen that, the parent reaps it.
             wait_exit(got)?;
-            command(parent, op::REAP, got)?;
-            wait_trap(parent_pid, TRAP_ACK, pids)?;
+            ask(parent, op::REAP, got, pids)?;
             pids.retry(want, got as i64, &mut tries)?;
         }
     };
     for &step in steps {
         match step {
             TreeStep::Subreaper(i) => {
-                command(i, op::SUBREAPER, 0)?;
-                wait_trap(pid_of(i), TRAP_ACK, pids)?;
+                ask(i, op::SUBREAPER, 0, pids)?;
             }
             TreeStep::Helper { parent, pid, .. } => {
                 fork(parent, pid, (op::HELPER, op::HELPER_NEXT), pid, pids)?;
@@ -254,17 +255,14 @@ pub fn create(
                 let pid = pid_of(task);
                 command(task, op::EXIT, 0)?;
                 wait_exit(pid)?;
-                command(parent, op::REAP, pid)?;
-                wait_trap(pid_of(parent), TRAP_ACK, pids)?;
+                ask(parent, op::REAP, pid, pids)?;
                 created.helpers.retain(|&h| h != pid);
             }
             TreeStep::Setsid(i) => {
-                command(i, op::SETSID, 0)?;
-                wait_trap(pid_of(i), TRAP_ACK, pids)?;
+                ask(i, op::SETSID, 0, pids)?;
             }
             TreeStep::OwnGroup(i) => {
-                command(i, op::OWN_GROUP, 0)?;
-                wait_trap(pid_of(i), TRAP_ACK, pids)?;
+                ask(i, op::OWN_GROUP, 0, pids)?;
             }
             TreeStep::JoinGroup { task, leader } => {
                 let pgid = match leader {
@@ -272,8 +270,7 @@ pub fn create(
                     // SAFETY: getpgid only reads.
                     None => unsafe { libc::getpgid(root) },
                 };
-                command(task, op::JOIN_GROUP, pgid)?;
-                wait_trap(procs[task].pid, TRAP_ACK, pids)?;
+                ask(task, op::JOIN_GROUP, pgid, pids)?;
             }
             TreeStep::Fork { parent, child } => {
                 let want = procs[child].pid;
