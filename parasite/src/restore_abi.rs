@@ -8,7 +8,10 @@
 pub use crate::parasite_abi::{Itimerspec, Itimerval, KernelSigaction, Timespec, Timeval};
 
 /// Bumped whenever a layout below changes; the restorer refuses a mismatch.
-pub const RESTORE_ABI_VERSION: u32 = 3;
+pub const RESTORE_ABI_VERSION: u32 = 4;
+
+/// Pid namespace levels a task's ids are given for, rcr's own included.
+pub const NS_LEVELS_MAX: usize = 8;
 
 /// `rdi` at the restorer's final trap when everything is in place.
 pub const TRAP_READY: u64 = 0x7263_725f_7265_6479; // "rcr_redy"
@@ -277,8 +280,13 @@ pub struct RseqConf {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThreadArgs {
+    /// The thread id as rcr sees it.
     pub tid: i32,
-    pub _pad: u32,
+    /// How many of `set_tid` are used: one, or more in a nested pid namespace.
+    pub set_tid_size: u32,
+    /// The thread's id at every pid namespace level, innermost (what
+    /// gettid returns in the thread) first, rcr's last.
+    pub set_tid: [i32; NS_LEVELS_MAX],
     /// `rsp` for the final `rt_sigreturn` (the frame sits at `rsp - 8`).
     pub sigframe_rsp: u64,
     pub fs_base: u64,

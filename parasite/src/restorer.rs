@@ -188,8 +188,8 @@ fn spawn_thread(t: &ThreadArgs, plain: bool) -> Result<(), Failure> {
         flags: CLONE_THREAD_FLAGS,
         stack: t.stack,
         stack_size: t.stack_size,
-        set_tid: &t.tid as *const i32 as u64,
-        set_tid_size: 1,
+        set_tid: t.set_tid.as_ptr() as u64,
+        set_tid_size: t.set_tid_size as u64,
         ..Default::default()
     };
     let (nr, a0, a1) = if plain {
@@ -215,11 +215,11 @@ fn spawn_thread(t: &ThreadArgs, plain: bool) -> Result<(), Failure> {
         check(got, Step::CloneThread, t.tid as u64)?;
         // set_tid gives the tid or fails; a plain clone may give another
         // (that thread ends at once, see thread_main).
-        if got == t.tid as isize || !plain {
+        if got == t.set_tid[0] as isize || !plain {
             break;
         }
     }
-    if got != t.tid as isize {
+    if got != t.set_tid[0] as isize {
         return Err(Failure {
             step: Step::WrongPid,
             errno: t.tid as u64,
@@ -273,7 +273,7 @@ fn trap_next_pid(tid: i32, wrong: isize) {
 extern "C" fn thread_main(t: &ThreadArgs) -> ! {
     // SAFETY: gettid has no arguments.
     let tid = unsafe { sys::syscall0(nr::GETTID) };
-    if tid != t.tid as isize {
+    if tid != t.set_tid[0] as isize {
         // Made with an id another task took meanwhile: the leader tries again.
         // SAFETY: ends this thread only; it touched nothing.
         unsafe { sys::syscall1(nr::EXIT, 0) };

@@ -4,14 +4,13 @@
 
 use rcr_tests::harness::{
     assert_no_process, copy_dir, dump, list_dir, proc_state, restore, run_rcr, run_rcr_with,
-    send_signal, RcrRun, TestDir, Workload, RCR_TIMEOUT,
+    RcrRun, TestDir, Workload, RCR_TIMEOUT,
 };
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 const IDLE: &str = env!("CARGO_BIN_EXE_wl_idle");
 const FANOTIFY: &str = env!("CARGO_BIN_EXE_wl_fanotify");
@@ -176,35 +175,6 @@ fn dump_of_an_unsupported_fd_is_refused_and_leaves_the_process_untouched() {
     assert_no_image_left(&dir, &img, &before);
     assert!(w.is_running(), "the workload died after a refused dump");
     w.finish_ok();
-}
-
-/// wl_idle in a pid namespace of its own (under `unshare --pid --fork`):
-/// the dump of the tree is refused naming it, and the tree runs on.
-#[test]
-fn process_in_a_nested_pid_namespace_is_refused() {
-    let dir = TestDir::new("bad-pidns");
-    let unshare = ["--pid", "--fork", IDLE].map(OsStr::new);
-    let mut w = Workload::spawn(&dir, Path::new("unshare"), &unshare, &[]);
-    w.wait_ready();
-    let children = format!("/proc/{}/task/{}/children", w.pid, w.pid);
-    let inner: i32 = fs::read_to_string(&children)
-        .unwrap_or_else(|e| panic!("{children}: {e}"))
-        .trim()
-        .parse()
-        .expect("unshare's one child");
-    let before = dir.entries();
-    let img = dir.join("img");
-    let run = run_dump(&dir, w.pid, &img);
-    run.assert_failure(&[&format!("process {inner}"), "pid namespace"]);
-    assert_no_image_left(&dir, &img, &before);
-    assert!(w.is_running(), "unshare died after a refused dump");
-    assert!(
-        matches!(proc_state(inner), Some(s) if s != 'Z'),
-        "the nested process died after a refused dump"
-    );
-    // unshare --fork waits for its child and then exits.
-    send_signal(inner, libc::SIGKILL);
-    w.wait_exit(Duration::from_secs(10));
 }
 
 #[test]

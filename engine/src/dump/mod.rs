@@ -10,7 +10,7 @@ use crate::infect::parasite::Parasite;
 use crate::objects::files::{self, FileTableBuilder};
 use crate::objects::inet_socket;
 use crate::objects::{
-    fs_context, locks, memory, mm_fields, pstree, rlimits, signals, thread, timers,
+    fs_context, locks, memory, mm_fields, pid_ns, pstree, rlimits, signals, thread, timers,
 };
 use crate::proc::{auxv, pagemap::PageScanner, smaps, stat, status, tasks};
 use crate::ptrace;
@@ -104,10 +104,16 @@ fn write_tree(
             Member::Zombie(st) => entries.push(pstree::dump_zombie(st)),
         }
     }
-    pstree::check(&entries).map_err(|what| Error::Unsupported {
-        pid: opts.pid,
-        what: format!("this process tree: {what}"),
-    })?;
+    let own_levels = status::read_status(std::process::id() as i32)?.ns_pid.len();
+    for e in &mut entries {
+        pid_ns::dump(e, own_levels)?;
+    }
+    pstree::check(&entries)
+        .and_then(|()| pid_ns::check(&entries))
+        .map_err(|what| Error::Unsupported {
+            pid: opts.pid,
+            what: format!("this process tree: {what}"),
+        })?;
     let pids: Vec<i32> = live.iter().map(|(s, _)| s.pid()).collect();
     locks::check_all_seen(&pids)?;
     let mut file_table = FileTableBuilder::default();
@@ -157,7 +163,6 @@ fn dump_process(
     // Refusals first, while nothing has been done to the task.
     let status = status::read_status(pid)?;
     check_creds(pid, &status)?;
-    check_pid_namespace(pid, &status)?;
     let examined = files::examine_fds(pid)?;
     let cwd = fs_context::dump_cwd(pid)?;
     let vmas = smaps::read_smaps(pid)?
@@ -308,23 +313,6 @@ fn check_creds(pid: i32, s: &status::Status) -> Result<()> {
             what: format!(
                 "credentials other than rcr's own (uids {:?}, gids {:?}; rcr runs as {uid}:{gid})",
                 s.uid, s.gid
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// A process in a pid namespace below rcr's would need its pid at every
-/// level given back; refused until that is done.
-fn check_pid_namespace(pid: i32, s: &status::Status) -> Result<()> {
-    let own = status::read_status(std::process::id() as i32)?;
-    if s.ns_pid.len() != own.ns_pid.len() {
-        return Err(Error::Unsupported {
-            pid,
-            what: format!(
-                "a pid namespace nested below rcr's (its pids by level: {:?}; \
-                 dump it from inside that namespace instead, as `rcr checkpoint` does)",
-                s.ns_pid
             ),
         });
     }

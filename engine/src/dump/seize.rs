@@ -86,13 +86,24 @@ impl SeizedTree {
     }
 
     /// Ends every process (the checkpoint replaces them) and waits until
-    /// they are gone. Returns the freeze time in seconds.
+    /// they are gone, children before parents: a pid namespace's init ends
+    /// only once its namespace's other processes are reaped, which rcr, as
+    /// their tracer, must do first. Returns the freeze time in seconds.
     pub fn kill(self) -> Result<f64> {
         let frozen = self.frozen_at.elapsed().as_secs_f64();
-        for m in self.members {
-            if let Member::Live(s) = m {
-                s.kill()?;
-            }
+        let live: Vec<Seized> = self
+            .members
+            .into_iter()
+            .filter_map(|m| match m {
+                Member::Live(s) => Some(s),
+                Member::Zombie(_) => None,
+            })
+            .collect();
+        for s in &live {
+            s.signal_kill()?;
+        }
+        for s in live.into_iter().rev() {
+            s.reap()?;
         }
         Ok(frozen)
     }
@@ -204,14 +215,19 @@ impl Seized {
         Ok(())
     }
 
-    /// Ends the process and waits until every thread is gone, the leader
-    /// last as the kernel reports it.
-    fn kill(mut self) -> Result<()> {
-        self.done = true;
+    /// Ends the process; [`Seized::reap`] waits until it is gone.
+    fn signal_kill(&self) -> Result<()> {
         // SAFETY: signals the process we hold stopped.
         if unsafe { libc::kill(self.pid, libc::SIGKILL) } != 0 {
             return Err(Error::sys(self.pid, "kill", Errno::last()));
         }
+        Ok(())
+    }
+
+    /// Waits until every thread of the killed process is gone, the leader
+    /// last as the kernel reports it.
+    fn reap(mut self) -> Result<()> {
+        self.done = true;
         for &tid in self.tids.iter().rev() {
             wait_gone(tid)?;
         }

@@ -38,6 +38,7 @@ pub fn dump_entry(st: &Stat, threads: &[i32]) -> pb::ProcessEntry {
         exit_code: 0,
         exit_signal: st.exit_signal,
         comm: st.comm.clone(),
+        ..Default::default()
     }
 }
 
@@ -53,6 +54,7 @@ pub fn dump_zombie(st: &Stat) -> pb::ProcessEntry {
         exit_code: st.exit_code,
         exit_signal: st.exit_signal,
         comm: st.comm.clone(),
+        ..Default::default()
     }
 }
 

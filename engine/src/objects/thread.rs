@@ -118,9 +118,11 @@ fn robust_list(tid: i32) -> Result<(u64, u64)> {
 /// engine fills in the addresses of its frame, signals and stack.
 pub fn restore_thread_args(t: &pb::ThreadCore) -> ThreadArgs {
     let regs = t.regs.unwrap_or_default();
+    let (set_tid, set_tid_size) = super::pid_ns::set_tid(&[t.tid]);
     ThreadArgs {
         tid: t.tid,
-        _pad: 0,
+        set_tid_size,
+        set_tid,
         sigframe_rsp: 0,
         fs_base: regs.fs_base,
         gs_base: regs.gs_base,

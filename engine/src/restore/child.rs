@@ -11,7 +11,10 @@
 //! the prepared hole and jumps into the restorer.
 
 use crate::objects::locks::PosixLock;
-use rcr_parasite::restore_abi::{trap_failed, CloneArgs, RestoreArgs, RseqConf, Step, TRAP_ACK};
+use crate::objects::pid_ns::Birth;
+use rcr_parasite::restore_abi::{
+    trap_failed, CloneArgs, RestoreArgs, RseqConf, Step, NS_LEVELS_MAX, TRAP_ACK,
+};
 use std::arch::asm;
 
 /// A command from rcr to a task, read from the task's own pipe.
@@ -60,7 +63,12 @@ pub struct FdInstall {
 
 /// Everything a new task needs, computed by rcr before `clone3`.
 pub struct ChildPlan<'a> {
-    pub pid: i32,
+    /// The pid at every namespace level, innermost first, as `clone3`'s
+    /// `set_tid` takes it; `set_tid[0]` is what getpid returns in the task.
+    pub set_tid: [i32; NS_LEVELS_MAX],
+    pub set_tid_size: u32,
+    /// How its pid namespace comes about.
+    pub birth: Birth,
     pub exit_signal: i32,
     /// The name a zombie shows, NUL-terminated (a live task's is restored
     /// by the restorer).
@@ -126,11 +134,29 @@ fn receive<T: Copy + Default>(fd: i32) -> T {
 /// to its parent when it ends. Returns as fork does: 0 in the child, the
 /// pid in the parent, -1 with errno set.
 pub fn fork_with_pid(pid: i32, exit_signal: i32) -> libc::c_long {
-    let set_tid = [pid];
+    fork_with_ids(&[pid], 0, exit_signal)
+}
+
+/// [`fork_with_pid`] for task `plan`: its pid at every namespace level,
+/// in a new pid namespace when it is one's init.
+pub fn fork_plan(plan: &ChildPlan) -> libc::c_long {
+    let flags = match plan.birth {
+        Birth::NewNamespace => libc::CLONE_NEWPID as u64,
+        Birth::Inherit | Birth::ParentUnshares => 0,
+    };
+    fork_with_ids(
+        &plan.set_tid[..plan.set_tid_size as usize],
+        flags,
+        plan.exit_signal,
+    )
+}
+
+fn fork_with_ids(set_tid: &[i32], flags: u64, exit_signal: i32) -> libc::c_long {
     let args = CloneArgs {
+        flags,
         exit_signal: exit_signal as u64,
         set_tid: set_tid.as_ptr() as u64,
-        set_tid_size: 1,
+        set_tid_size: set_tid.len() as u64,
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM is a fork: the child has its own copy
@@ -158,6 +184,7 @@ fn serve(plans: &[ChildPlan], me: usize, rseq: RseqConf) -> ! {
     let plan = &plans[me];
     // Reported with each acknowledgement: the pid a fork gave.
     let mut result: libc::c_long = 0;
+    let mut unshared = false;
     loop {
         // SAFETY: a trap rcr catches; it writes our next command first.
         unsafe { asm!("int3", in("rdi") TRAP_ACK, in("rsi") result) };
@@ -180,8 +207,15 @@ fn serve(plans: &[ChildPlan], me: usize, rseq: RseqConf) -> ! {
                 }
                 op::FORK | op::FORK_NEXT => {
                     let child = &plans[cmd.arg as usize];
+                    if child.birth == Birth::ParentUnshares && !unshared {
+                        sys(
+                            libc::unshare(libc::CLONE_NEWPID) as libc::c_long,
+                            Step::ChildFork,
+                        );
+                        unshared = true;
+                    }
                     let ret = if cmd.op == op::FORK {
-                        fork_with_pid(child.pid, child.exit_signal)
+                        fork_plan(child)
                     } else {
                         fork_next(child.exit_signal)
                     };
@@ -189,7 +223,7 @@ fn serve(plans: &[ChildPlan], me: usize, rseq: RseqConf) -> ! {
                     if result == 0 {
                         // A child with another pid than the saved one (taken
                         // meanwhile) ends at once; rcr tries again.
-                        if libc::getpid() != child.pid {
+                        if libc::getpid() != child.set_tid[0] {
                             libc::syscall(libc::SYS_exit_group, 0);
                         }
                         serve(plans, cmd.arg as usize, rseq);

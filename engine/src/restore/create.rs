@@ -25,6 +25,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 /// One process as rcr releases it.
 pub struct Release {
     pub pid: i32,
+    /// Its pid at every pid namespace level from rcr's down (just `pid`
+    /// outside nested namespaces).
+    pub chain: Vec<i32>,
     /// The threads other than the leader, which the restorer creates.
     pub threads: Vec<i32>,
     /// The restorer's hole, unmapped at the end; `None` for a zombie.
@@ -42,7 +45,10 @@ pub struct Release {
     pub keep_traced: bool,
 }
 
-/// Kills the processes rcr created unless they were released.
+/// Kills the processes rcr created unless they were released. While the
+/// tree is built rcr is a child subreaper: a process whose parent was
+/// killed first comes to rcr, which reaps it, instead of lingering as a
+/// zombie with whoever is above rcr.
 struct Created<'a> {
     procs: &'a [Release],
     /// How many of `procs` exist (in creation order, not tree order).
@@ -50,32 +56,61 @@ struct Created<'a> {
     /// Helpers that exist and were not reaped yet.
     helpers: Vec<i32>,
     released: bool,
+    /// rcr's own subreaper setting, put back at the end.
+    was_subreaper: bool,
+}
+
+impl Created<'_> {
+    fn new(procs: &[Release]) -> Created<'_> {
+        let mut was: libc::c_int = 0;
+        // SAFETY: prctl reads into `was`, then sets a flag on rcr itself.
+        unsafe {
+            libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut was as *mut libc::c_int);
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        }
+        Created {
+            procs,
+            made: vec![0],
+            helpers: Vec::new(),
+            released: false,
+            was_subreaper: was != 0,
+        }
+    }
 }
 
 impl Drop for Created<'_> {
     fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        for &pid in &self.helpers {
-            // SAFETY: signals and reaps a helper we created.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+        if !self.released {
+            let made: Vec<&Release> = self.made.iter().map(|&i| &self.procs[i]).collect();
+            for pid in self.helpers.iter().chain(made.iter().map(|p| &p.pid)) {
+                // SAFETY: signals a process we created.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
             }
-        }
-        for &i in self.made.iter().rev() {
-            let p = &self.procs[i];
-            // SAFETY: signals a process we created and reaps its threads and
-            // it as their tracer (ECHILD for threads never created).
-            unsafe {
-                libc::kill(p.pid, libc::SIGKILL);
-                for &tid in &p.threads {
-                    libc::waitpid(tid, std::ptr::null_mut(), libc::__WALL);
-                }
-                libc::waitpid(p.pid, std::ptr::null_mut(), libc::__WALL);
+            let wait = |pid: i32| {
+                // SAFETY: reaps a task we created (ECHILD: not ours, or gone).
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL) };
+            };
+            // As their tracer, the last made first: a pid namespace's init
+            // ends only after the rest of its namespace is reaped.
+            for p in made.iter().rev() {
+                p.threads.iter().for_each(|&t| wait(t));
+                wait(p.pid);
             }
+            // A process whose parent is gone now was handed to rcr (its
+            // parent's exit did that before rcr could reap the parent).
+            made.iter().for_each(|p| wait(p.pid));
+            self.helpers.iter().for_each(|&h| wait(h));
         }
+        // SAFETY: puts rcr's own flag back.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_CHILD_SUBREAPER,
+                self.was_subreaper as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
     }
 }
 
@@ -139,11 +174,14 @@ pub fn create(
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
     let mut tries = 0;
     loop {
+        if procs[0].chain.len() > 1 && pids.strategy() != PidStrategy::SetTid {
+            return Err(nested_needs_set_tid(root));
+        }
         let arranged = pids.arrange(root)?;
         // The child is a copy of rcr and runs `child::run_root`, which only
         // makes raw syscalls.
         let ret = match pids.strategy() {
-            PidStrategy::SetTid => child::fork_with_pid(root, plans[0].exit_signal),
+            PidStrategy::SetTid => child::fork_plan(&plans[0]),
             _ => child::fork_next(plans[0].exit_signal),
         };
         if ret == 0 {
@@ -172,12 +210,7 @@ pub fn create(
             });
         }
     }
-    let mut created = Created {
-        procs,
-        made: vec![0],
-        helpers: Vec::new(),
-        released: false,
-    };
+    let mut created = Created::new(procs);
     drop(readers);
     attach(root, &writers[0])?;
     wait_trap(root, TRAP_ACK, pids)?;
@@ -214,16 +247,21 @@ pub fn create(
         command(t, op, arg)?;
         wait_trap(pid_of(t), TRAP_ACK, pids)
     };
+    // The depth in nested pid namespaces of task `t`; helpers stand in for
+    // leaders of rcr's own.
+    let depth = |t: usize| procs.get(t).map_or(0, |p| p.chain.len() - 1);
     // `parent` forks a task that must get pid `want` (asked for with
     // `fork_op`/`next_op` and `arg`); wrong pids are reaped and tried again.
+    // `seen` is the pid the parent sees, in its own namespace.
     let fork = |parent: usize,
-                want: i32,
+                (want, seen): (i32, i32),
                 (fork_op, next_op): (u32, u32),
                 arg: i32,
                 pids: &mut Pids|
      -> Result<()> {
         let fork = match pids.strategy() {
             PidStrategy::SetTid => fork_op,
+            _ if want != seen || depth(parent) > 0 => return Err(nested_needs_set_tid(want)),
             _ => next_op,
         };
         let mut tries = 0;
@@ -231,7 +269,7 @@ pub fn create(
             let arranged = pids.arrange(want)?;
             let got = ask(parent, fork, arg, pids)? as i32;
             drop(arranged);
-            if got == want {
+            if got == seen {
                 return Ok(());
             }
             // The child with the wrong pid ends by itself; once rcr,
@@ -247,7 +285,13 @@ pub fn create(
                 ask(i, op::SUBREAPER, 0, pids)?;
             }
             TreeStep::Helper { parent, pid, .. } => {
-                fork(parent, pid, (op::HELPER, op::HELPER_NEXT), pid, pids)?;
+                if depth(parent) > 0 {
+                    return Err(Error::Preflight(format!(
+                        "pid {pid} led a session or group in a nested pid namespace and \
+                         has exited; rcr cannot stand in for it there"
+                    )));
+                }
+                fork(parent, (pid, pid), (op::HELPER, op::HELPER_NEXT), pid, pids)?;
                 created.helpers.push(pid);
                 wait_trap(pid, TRAP_ACK, pids)?;
             }
@@ -270,11 +314,35 @@ pub fn create(
                     // SAFETY: getpgid only reads.
                     None => unsafe { libc::getpgid(root) },
                 };
-                ask(task, op::JOIN_GROUP, pgid, pids)?;
+                // SAFETY: getpgid only reads.
+                if unsafe { libc::getpgid(pid_of(task)) } == pgid {
+                    // Inherited already (a namespace's init may not even
+                    // see the leader to join it).
+                    continue;
+                }
+                let seen = match leader {
+                    Some(l) if l < n => procs[l].chain.get(depth(task)).copied(),
+                    _ => (depth(task) == 0).then_some(pgid),
+                };
+                let Some(seen) = seen else {
+                    return Err(Error::Preflight(format!(
+                        "process {} must join group {pgid}, whose leader its pid namespace \
+                         does not see",
+                        pid_of(task)
+                    )));
+                };
+                ask(task, op::JOIN_GROUP, seen, pids)?;
             }
             TreeStep::Fork { parent, child } => {
                 let want = procs[child].pid;
-                fork(parent, want, (op::FORK, op::FORK_NEXT), child as i32, pids)?;
+                let seen = procs[child].chain[depth(parent)];
+                fork(
+                    parent,
+                    (want, seen),
+                    (op::FORK, op::FORK_NEXT),
+                    child as i32,
+                    pids,
+                )?;
                 created.made.push(child);
                 wait_trap(want, TRAP_ACK, pids)?;
             }
@@ -302,6 +370,13 @@ pub fn create(
     }
     created.released = true;
     Ok(())
+}
+
+fn nested_needs_set_tid(pid: i32) -> Error {
+    Error::Preflight(format!(
+        "pid {pid} is in a nested pid namespace: only clone3 with set_tid gives a pid \
+         at every level (ns_last_pid and spinning reach rcr's level only)"
+    ))
 }
 
 /// Seizes the root (it waits in a read for us), tells it the rseq

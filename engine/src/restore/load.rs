@@ -44,7 +44,9 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         path: dir.to_path_buf(),
         what,
     };
-    pstree::check(&tree.processes).map_err(invalid)?;
+    pstree::check(&tree.processes)
+        .and_then(|()| crate::objects::pid_ns::check(&tree.processes))
+        .map_err(invalid)?;
     if tree.processes[0].pid != inventory.root_pid {
         return Err(invalid(format!(
             "the process tree's root {} is not the inventory's {}",

@@ -10,7 +10,7 @@ mod prepare;
 
 use crate::blob;
 use crate::error::{Error, Result};
-use crate::objects::{pstree, thread, vdso};
+use crate::objects::{pid_ns, pstree, thread, vdso};
 use crate::proc::maps;
 use layout::{find_hole, hole_layout, put, put_slice, HoleContents};
 pub use pids::PidStrategy;
@@ -59,6 +59,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     let ckpt = load::load(&opts.dir)?;
     crate::privilege::require_restore_caps()?;
     let pid = ckpt.processes[0].entry.pid;
+    if let (pids::PidChoice::Only(how @ (PidStrategy::NsLastPid | PidStrategy::Spin)), Some(p)) = (
+        opts.pids,
+        ckpt.processes.iter().find(|p| pid_ns::depth(&p.entry) > 0),
+    ) {
+        return Err(Error::Preflight(format!(
+            "--pids {how}: process {} is in a nested pid namespace, where only clone3 \
+             with set_tid gives a pid at every level",
+            p.entry.pid
+        )));
+    }
     preflight_pids(ckpt.processes.iter().flat_map(|p| {
         std::iter::once(p.entry.pid).chain(p.entry.threads.iter().skip(1).copied())
     }))?;
@@ -98,6 +108,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
             })
         })
         .collect();
+    let entries: Vec<_> = ckpt.processes.iter().map(|p| p.entry.clone()).collect();
     let mut plans = Vec::with_capacity(ckpt.processes.len());
     let mut releases = Vec::with_capacity(ckpt.processes.len());
     for (((p, prep), hole), close) in ckpt
@@ -123,8 +134,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
             }),
             _ => None,
         };
+        let (set_tid, set_tid_size) = pid_ns::set_tid(&pid_ns::chain(&p.entry));
         plans.push(child::ChildPlan {
-            pid: p.entry.pid,
+            set_tid,
+            set_tid_size,
+            birth: match plans.len() {
+                0 => pid_ns::root_birth(&p.entry),
+                i => pid_ns::birth(&entries, i),
+            },
             exit_signal: p.entry.exit_signal,
             comm: thread::comm_bytes(&p.entry.comm),
             sync_fd: -1,
@@ -132,6 +149,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
         });
         releases.push(create::Release {
             pid: p.entry.pid,
+            chain: pid_ns::chain(&p.entry),
             threads: p.entry.threads.iter().skip(1).copied().collect(),
             hole: hole.as_ref().map(|h| (h.start, h.image.len() as u64)),
             exit_code: p.entry.exit_code,
@@ -150,7 +168,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
             }),
         });
     }
-    let entries: Vec<_> = ckpt.processes.iter().map(|p| p.entry.clone()).collect();
     let steps = pstree::plan(&entries);
     let mut pids = pids::Pids::new(opts.pids);
     create::create(

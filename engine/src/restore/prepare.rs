@@ -4,8 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::objects::{
-    files, fs_context, locks, memory, mm_fields, posix_shm, rlimits, shmem, signals, sysv, thread,
-    timers,
+    files, fs_context, locks, memory, mm_fields, pid_ns, posix_shm, rlimits, shmem, signals, sysv,
+    thread, timers,
 };
 use crate::restore::child::FdInstall;
 use crate::restore::load::{Checkpoint, ProcessImages};
@@ -146,7 +146,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
             .collect();
         let posix_locks =
             locks::prepare_locks(p.entry.pid, &images.fs, |id| source_of[&id], range.clone())?;
-        processes.push(Some(prepare_process(
+        let mut prep = prepare_process(
             p.entry.pid,
             images,
             range,
@@ -155,7 +155,9 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
             posix_locks,
             cwd_fd,
             &mut warnings,
-        )?));
+        )?;
+        own_namespace_ids(&p.entry, &mut prep);
+        processes.push(Some(prep));
     }
     Ok(Prepared {
         processes,
@@ -275,6 +277,22 @@ fn open_restorer_fds(
         }
     }
     Ok(r)
+}
+
+/// Threads and thread-directed timers of a process in a nested pid
+/// namespace get their ids as seen there.
+fn own_namespace_ids(entry: &pb::ProcessEntry, prep: &mut PreparedProcess) {
+    if pid_ns::depth(entry) == 0 {
+        return;
+    }
+    for (i, t) in prep.threads.iter_mut().enumerate() {
+        (t.set_tid, t.set_tid_size) = pid_ns::set_tid(&pid_ns::thread_chain(entry, i));
+    }
+    for t in &mut prep.posix_timers {
+        if t.sigevent.tid != 0 {
+            t.sigevent.tid = pid_ns::own_tid(entry, t.sigevent.tid);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -322,17 +322,21 @@ pub fn process_tree() -> impl Strategy<Value = pb::ProcessTree> {
         vec(any::<i32>(), 0..5),
         any::<bool>(),
         "[a-z/ -]{0,15}",
+        vec(any::<i32>(), 0..3),
     )
-        .prop_map(|(ids, threads, zombie, comm)| pb::ProcessEntry {
+        .prop_map(|(ids, threads, zombie, comm, ns_pids)| pb::ProcessEntry {
             pid: ids[0],
             ppid: ids[1],
             pgid: ids[2],
             sid: ids[3],
-            threads,
             zombie,
             exit_code: ids[4],
             exit_signal: ids[5],
             comm,
+            thread_ns_tids: threads.iter().flat_map(|_| ns_pids.clone()).collect(),
+            pid_ns_for_children: zombie,
+            ns_pids,
+            threads,
         });
     vec(entry, 0..8).prop_map(|processes| pb::ProcessTree { processes })
 }
