@@ -60,12 +60,12 @@ enum Command {
         /// comma-separated for their intersection. rcr stays to answer CPUID.
         #[arg(long, value_name = "PROFILE")]
         cpu_profile: Option<String>,
-        /// How the profile is enforced: faulting (CPUID faulting, answered by
-        /// rcr) or glibc-hwcaps (only for programs started later).
+        /// How the profile is enforced: trap (CPUID faulting, answered by
+        /// rcr) or glibc (only for programs started later).
         #[arg(
             long,
             value_name = "MODE",
-            default_value = "faulting",
+            default_value = "trap",
             requires = "cpu_profile"
         )]
         cpu_profile_mode: rcr_engine::cpu::ProfileMode,
@@ -99,6 +99,20 @@ enum Command {
         /// The program to start when there is no checkpoint yet.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
+        /// Start CMD under a CPU profile (as for `rcr restore`); a
+        /// checkpoint is restored under the profile it recorded.
+        #[arg(long, value_name = "PROFILE")]
+        cpu_profile: Option<String>,
+        /// trap: CPUID faulting, every CPUID answered by rcr (needs the
+        /// cpuid_fault CPU feature); glibc: only glibc's dispatch is masked,
+        /// through GLIBC_TUNABLES, and CPUID itself tells the truth.
+        #[arg(
+            long,
+            value_name = "MODE",
+            default_value = "trap",
+            requires = "cpu_profile"
+        )]
+        cpu_profile_mode: rcr_engine::cpu::ProfileMode,
     },
     /// Checkpoint the program that `rcr run --image DIR` runs.
     Checkpoint {
@@ -191,8 +205,28 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
                 print_report(&report);
             }
         }
-        Command::Run { dir, command } => {
-            let code = rcr_engine::run::run(&rcr_engine::run::RunOptions { dir, command })?;
+        Command::Run {
+            dir,
+            command,
+            cpu_profile,
+            cpu_profile_mode,
+        } => {
+            let run = |cpu_profile: Option<String>| {
+                let cpu_profile = cpu_profile
+                    .map(|p| rcr_engine::cpu::CpuProfile::parse(&p))
+                    .transpose()?
+                    .map(|p| (p, cpu_profile_mode));
+                rcr_engine::run::run(&rcr_engine::run::RunOptions {
+                    dir,
+                    command,
+                    cpu_profile,
+                })
+            };
+            // Whatever kept the program from starting exits RUN_FAILED.
+            let code = run(cpu_profile).unwrap_or_else(|e| {
+                eprintln!("rcr: {e}");
+                rcr_engine::run::RUN_FAILED
+            });
             return Ok(ExitCode::from(code as u8));
         }
         Command::Checkpoint { dir, leave_running } => {

@@ -316,6 +316,24 @@ impl CpuProfile {
         Profile::from_names(&text).map_err(|e| bad(e.to_string()))
     }
 
+    /// The profile as a checkpoint records it.
+    pub fn record(&self) -> pb::CpuProfileRecord {
+        pb::CpuProfileRecord {
+            spec: self.spec.clone(),
+            features: self.profile.names().map(String::from).collect(),
+        }
+    }
+
+    /// The profile a checkpoint recorded.
+    pub fn from_record(r: &pb::CpuProfileRecord) -> Result<CpuProfile> {
+        let profile = Profile::from_names(&r.features.join("\n"))
+            .map_err(|e| Error::Preflight(format!("the recorded CPU profile {}: {e}", r.spec)))?;
+        Ok(CpuProfile {
+            profile,
+            spec: r.spec.clone(),
+        })
+    }
+
     /// This host as a program under the profile sees it.
     pub fn masked_host(&self) -> CpuSnapshot {
         profile::mask(&CpuSnapshot::host(), &self.profile)
@@ -338,10 +356,10 @@ impl FromStr for ProfileMode {
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
-            "faulting" => Ok(ProfileMode::Faulting),
-            "glibc-hwcaps" => Ok(ProfileMode::GlibcHwcaps),
+            "trap" | "faulting" => Ok(ProfileMode::Faulting),
+            "glibc" | "glibc-hwcaps" => Ok(ProfileMode::GlibcHwcaps),
             _ => Err(format!(
-                "unknown CPU profile mode {s:?}: use faulting or glibc-hwcaps"
+                "unknown CPU profile mode {s:?}: use trap (CPUID faulting) or glibc"
             )),
         }
     }
@@ -362,7 +380,7 @@ pub fn faulting_available() -> Result<()> {
     }
     let errno = Errno::last();
     let why = if errno == Errno::ENODEV {
-        " (this CPU or kernel cannot make CPUID fault)"
+        " (this CPU or kernel cannot make CPUID fault: it lacks the cpuid_fault feature)"
     } else {
         ""
     };
@@ -499,12 +517,16 @@ mod tests {
         assert_eq!("none".parse(), Ok(CpuCheck::None));
         assert!("lenient".parse::<CpuCheck>().is_err());
         assert_eq!("glibc-hwcaps".parse(), Ok(ProfileMode::GlibcHwcaps));
+        assert_eq!("glibc".parse(), Ok(ProfileMode::GlibcHwcaps));
+        assert_eq!("trap".parse(), Ok(ProfileMode::Faulting));
     }
 
     #[test]
     fn profiles_parse_levels_lists_and_json() {
         let v2 = CpuProfile::parse("x86-64-v2").unwrap();
         assert!(v2.profile.allows("sse4_2") && !v2.profile.allows("avx"));
+        let back = CpuProfile::from_record(&v2.record()).unwrap();
+        assert_eq!(back, v2);
         let both = CpuProfile::parse("x86-64-v3,x86-64-v2").unwrap();
         assert_eq!(both.profile, v2.profile);
         let dir = std::env::temp_dir().join(format!("rcr-cpu-profile-{}", std::process::id()));

@@ -85,16 +85,22 @@ pub fn emulate(regs: &mut UserRegs, table: &CpuSnapshot, host: impl Fn(u32, u32)
     regs.rip = regs.rip.wrapping_add(CPUID_INSN.len() as u64);
 }
 
-/// Arms CPUID faulting in `tid`, a thread rcr traces and holds in a
-/// ptrace-stop other than syscall-enter, through a syscall run in it.
-pub fn arm(tid: i32) -> Result<()> {
-    let follow = ptrace::default_options()
+/// The ptrace options of a task under a CPU profile: children and threads
+/// are traced too, execs stop (to re-arm), and every tracee dies with its
+/// tracer rather than run on without a CPUID answerer.
+pub fn trace_options() -> ptrace::Options {
+    ptrace::default_options()
         | ptrace::Options::PTRACE_O_EXITKILL
         | ptrace::Options::PTRACE_O_TRACECLONE
         | ptrace::Options::PTRACE_O_TRACEFORK
         | ptrace::Options::PTRACE_O_TRACEVFORK
-        | ptrace::Options::PTRACE_O_TRACEEXEC;
-    ptrace::set_options(tid, follow).map_err(|e| Error::Infect(e.into()))?;
+        | ptrace::Options::PTRACE_O_TRACEEXEC
+}
+
+/// Arms CPUID faulting in `tid`, a thread rcr traces and holds in a
+/// ptrace-stop other than syscall-enter, through a syscall run in it.
+pub fn arm(tid: i32) -> Result<()> {
+    ptrace::set_options(tid, trace_options()).map_err(|e| Error::Infect(e.into()))?;
     let mut task = RemoteTask::new(tid)?;
     let armed = task.syscall_ok(
         "arch_prctl(ARCH_SET_CPUID, 0)",
@@ -105,6 +111,27 @@ pub fn arm(tid: i32) -> Result<()> {
     armed.map(drop).map_err(Error::from)
 }
 
+/// The next child or tracee whose state changed, with its raw wait status
+/// (`waitpid(-1, __WALL | flags)`); `None` when there is none (`WNOHANG`)
+/// or no child at all.
+pub fn wait_any(flags: i32) -> Result<Option<(i32, i32)>> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes one int.
+        let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | flags) };
+        match tid {
+            0 => return Ok(None),
+            -1 => match Errno::last() {
+                Errno::EINTR => continue,
+                Errno::ECHILD => return Ok(None),
+                // SAFETY: getpid cannot fail.
+                e => return Err(Error::sys(unsafe { libc::getpid() }, "waitpid", e)),
+            },
+            _ => return Ok(Some((tid, status))),
+        }
+    }
+}
+
 /// Answers the trapped CPUIDs of a traced tree.
 #[derive(Clone, Debug)]
 pub struct Emulator {
@@ -113,8 +140,9 @@ pub struct Emulator {
 }
 
 impl Emulator {
-    /// An emulator answering from `table` for `tracees` (armed, traced by
-    /// this thread, running); tasks they fork or clone join by themselves.
+    /// An emulator answering from `table` for `tracees` (armed, or about to
+    /// exec, traced by this thread); tasks they fork or clone join by
+    /// themselves.
     pub fn new(table: CpuSnapshot, tracees: impl IntoIterator<Item = i32>) -> Self {
         Emulator {
             table,
@@ -124,41 +152,90 @@ impl Emulator {
 
     /// Serves until every traced task has ended.
     pub fn serve(mut self) -> Result<()> {
-        loop {
-            let mut status = 0;
-            // SAFETY: waitpid writes one int.
-            let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
-            if tid < 0 {
-                match Errno::last() {
-                    Errno::EINTR => continue,
-                    Errno::ECHILD => return Ok(()),
-                    e => return Err(Error::sys(std::process::id() as i32, "waitpid", e)),
-                }
-            }
-            self.tracees.insert(tid);
-            let resumed = match ptrace::decode_status(status) {
-                Stop::Exited(_) | Stop::Killed(_) => {
-                    self.tracees.remove(&tid);
-                    Ok(())
-                }
-                Stop::Signal(libc::SIGSEGV) => self.on_segv(tid),
-                Stop::Signal(sig) => ptrace::cont(tid, sig),
-                Stop::Group(_) => ptrace::listen(tid),
-                Stop::Event(libc::PTRACE_EVENT_EXEC) => {
-                    arm(tid)?;
-                    ptrace::cont(tid, 0)
-                }
-                Stop::Event(_) | Stop::Interrupt | Stop::Syscall => ptrace::cont(tid, 0),
-            };
-            match resumed {
-                // The task was killed while stopped: its exit comes next.
-                Err(e) if e.errno == Errno::ESRCH => {}
-                other => other.map_err(|e| Error::Infect(e.into()))?,
-            }
+        while let Some((tid, status)) = wait_any(0)? {
+            self.on_wait(tid, status)?;
             if self.tracees.is_empty() {
-                return Ok(());
+                break;
             }
         }
+        Ok(())
+    }
+
+    /// Acts on one wait status of `tid`: a trapped CPUID is answered, an
+    /// exec re-armed, anything else passed on as without a tracer. A child
+    /// that is not traced (an orphan reaped by init) only reports its end.
+    pub fn on_wait(&mut self, tid: i32, status: i32) -> Result<()> {
+        // A task seen for the first time is a new child or thread; its
+        // first stop is the one the kernel gives every auto-attached task.
+        let new = self.tracees.insert(tid);
+        let resumed = match ptrace::decode_status(status) {
+            Stop::Exited(_) | Stop::Killed(_) => {
+                self.tracees.remove(&tid);
+                Ok(())
+            }
+            Stop::Signal(libc::SIGSEGV) => self.on_segv(tid),
+            Stop::Signal(sig) => ptrace::cont(tid, sig),
+            Stop::Group(_) if new => ptrace::cont(tid, 0),
+            Stop::Group(_) => ptrace::listen(tid),
+            Stop::Event(libc::PTRACE_EVENT_EXEC) => {
+                arm(tid)?;
+                ptrace::cont(tid, 0)
+            }
+            Stop::Event(_) | Stop::Interrupt | Stop::Syscall => ptrace::cont(tid, 0),
+        };
+        match resumed {
+            // The task was killed while stopped: its exit comes next.
+            Err(e) if e.errno == Errno::ESRCH => Ok(()),
+            other => other.map_err(|e| Error::Infect(e.into())),
+        }
+    }
+
+    /// Holds every tracee in an interrupt stop, so that a dump run from
+    /// this thread can take them as they are; CPUIDs trapped meanwhile are
+    /// answered. Returns the wait statuses of tasks that ended meanwhile.
+    pub fn freeze(&mut self) -> Result<Vec<(i32, i32)>> {
+        let mut ended = Vec::new();
+        let mut running = BTreeSet::new();
+        for &tid in &self.tracees {
+            match ptrace::interrupt(tid) {
+                Ok(()) => {
+                    running.insert(tid);
+                }
+                // Gone already: its end is reported by a wait.
+                Err(e) if e.errno == Errno::ESRCH => {}
+                Err(e) => return Err(Error::Infect(e.into())),
+            }
+        }
+        while !running.is_empty() {
+            let Some((tid, status)) = wait_any(0)? else {
+                break;
+            };
+            match ptrace::decode_status(status) {
+                Stop::Interrupt | Stop::Group(_) => {
+                    self.tracees.insert(tid);
+                    running.remove(&tid);
+                }
+                Stop::Exited(_) | Stop::Killed(_) => {
+                    self.on_wait(tid, status)?;
+                    running.remove(&tid);
+                    ended.push((tid, status));
+                }
+                _ => self.on_wait(tid, status)?,
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Resumes every tracee still held by [`Emulator::freeze`] (those a
+    /// dump released already run and are left alone).
+    pub fn thaw(&self) -> Result<()> {
+        for &tid in &self.tracees {
+            match ptrace::cont(tid, 0) {
+                Err(e) if e.errno != Errno::ESRCH => return Err(Error::Infect(e.into())),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// A SIGSEGV stop: a CPUID is answered, anything else delivered.

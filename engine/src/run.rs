@@ -12,7 +12,15 @@
 //! the program and serves `rcr checkpoint` on `DIR/.rcr-run.sock`: the
 //! dump runs in init, inside the namespaces, so the images hold namespace
 //! pids.
+//!
+//! Under `--cpu-profile` (trap mode) init is also the program's tracer and
+//! answers its trapped CPUIDs ([`crate::cpu_mask`]) in the same loop that
+//! reaps; the profile is recorded in each checkpoint and used again when
+//! `rcr run` restores it. In glibc mode the program only gets a
+//! `GLIBC_TUNABLES` environment.
 
+use crate::cpu::{CpuProfile, ProfileMode};
+use crate::cpu_mask::{self, Emulator};
 use crate::error::{Error, Result};
 use crate::privilege::CapSets;
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -36,6 +44,9 @@ pub struct RunOptions {
     pub dir: PathBuf,
     /// The program and its arguments, for a fresh start.
     pub command: Vec<OsString>,
+    /// Start the program under this CPU profile (a restore uses the one the
+    /// checkpoint recorded).
+    pub cpu_profile: Option<(CpuProfile, ProfileMode)>,
 }
 
 /// Where `rcr run` keeps the checkpoint of the program it runs.
@@ -69,6 +80,17 @@ fn sys_err(what: &'static str) -> impl Fn(nix::errno::Errno) -> Error {
 /// with: the program's (128 + signal when killed), 0 when a checkpoint
 /// ended it, [`RUN_FAILED`] when it could not be started or restored.
 pub fn run(opts: &RunOptions) -> Result<i32> {
+    if let Some((_, ProfileMode::Faulting)) = &opts.cpu_profile {
+        if let Err(Error::Preflight(why)) = crate::cpu::faulting_available() {
+            return Err(Error::Run {
+                dir: opts.dir.clone(),
+                what: format!(
+                    "{why}; `--cpu-profile-mode glibc` is the weaker mode that works without \
+                     it (it masks only what glibc dispatches on)"
+                ),
+            });
+        }
+    }
     std::fs::create_dir_all(&opts.dir).map_err(|e| Error::io(&opts.dir, e))?;
     enter_namespaces()?;
     let sock = socket_path(&opts.dir);
@@ -183,33 +205,92 @@ fn init(opts: &RunOptions, listener: &UnixListener) -> Result<i32> {
         }
     }
     let images = checkpoint_dir(&opts.dir);
-    let program = if images.join("inventory.img").exists() {
-        match crate::restore(&crate::RestoreOptions {
-            dir: images,
-            ..Default::default()
-        }) {
-            Ok(stats) => {
-                for w in &stats.warnings {
-                    eprintln!("rcr run: warning: {w}");
-                }
-                stats.pid
-            }
-            Err(e) => {
-                eprintln!("rcr run: restore failed: {e}");
-                return Ok(RUN_FAILED);
-            }
-        }
+    let started = if images.join("inventory.img").exists() {
+        restore_program(opts, images)
     } else {
-        let Some((cmd, args)) = opts.command.split_first() else {
-            eprintln!(
-                "rcr run: no checkpoint in {} and no command to start",
-                opts.dir.display()
-            );
-            return Ok(RUN_FAILED);
-        };
-        use std::os::unix::process::CommandExt;
-        let mut command = std::process::Command::new(cmd);
-        command.args(args);
+        start_program(opts)
+    };
+    match started {
+        Ok((program, masking)) => serve(opts, listener, Pid::from_raw(program), masking),
+        Err(e) => {
+            eprintln!("rcr: {e}");
+            Ok(RUN_FAILED)
+        }
+    }
+}
+
+/// A program under a CPU profile in trap mode: init answers its CPUIDs.
+type Masking = (Emulator, CpuProfile);
+
+/// Restores the checkpoint under the CPU profile it recorded, if any.
+fn restore_program(opts: &RunOptions, images: PathBuf) -> Result<(i32, Option<Masking>)> {
+    let failed = |e: Error| Error::Run {
+        dir: opts.dir.clone(),
+        what: format!("restore failed: {e}"),
+    };
+    let inv: rcr_images::pb::Inventory =
+        rcr_images::read(&rcr_images::ImageDir::new(&images).inventory())
+            .map_err(|e| failed(e.into()))?;
+    let cpu_profile = inv
+        .cpu_profile
+        .as_ref()
+        .map(|r| CpuProfile::from_record(r).map(|p| (p, ProfileMode::Faulting)))
+        .transpose()
+        .map_err(failed)?;
+    if let Some((given, _)) = &opts.cpu_profile {
+        eprintln!(
+            "rcr run: warning: --cpu-profile {} applies to a fresh start; the checkpoint is \
+             restored under {}",
+            given.spec,
+            cpu_profile
+                .as_ref()
+                .map_or("no profile".to_string(), |(p, _)| format!(
+                    "its recorded profile {}",
+                    p.spec
+                ))
+        );
+    }
+    let stats = crate::restore(&crate::RestoreOptions {
+        dir: images,
+        cpu_profile: cpu_profile.clone(),
+        ..Default::default()
+    })
+    .map_err(failed)?;
+    for w in &stats.warnings {
+        eprintln!("rcr run: warning: {w}");
+    }
+    let masking = stats
+        .cpu_emulator
+        .zip(cpu_profile)
+        .map(|(emulator, (profile, _))| (emulator, profile));
+    Ok((stats.pid, masking))
+}
+
+/// Starts the command: plainly, with glibc's tunables, or traced with CPUID
+/// faulting armed at its exec.
+fn start_program(opts: &RunOptions) -> Result<(i32, Option<Masking>)> {
+    let Some((cmd, args)) = opts.command.split_first() else {
+        return Err(Error::Run {
+            dir: opts.dir.clone(),
+            what: "no checkpoint there and no command to start".into(),
+        });
+    };
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(cmd);
+    command.args(args);
+    let cannot = |e: std::io::Error| Error::Run {
+        dir: opts.dir.clone(),
+        what: format!("cannot start {}: {e}", cmd.to_string_lossy()),
+    };
+    let traced = match &opts.cpu_profile {
+        Some((p, ProfileMode::Faulting)) => Some(p),
+        Some((p, ProfileMode::GlibcHwcaps)) => {
+            command.env("GLIBC_TUNABLES", glibc_environment(p));
+            None
+        }
+        None => None,
+    };
+    let Some(profile) = traced else {
         // SAFETY: the child only unblocks the signals init blocked, which
         // is async-signal-safe.
         unsafe {
@@ -218,20 +299,89 @@ fn init(opts: &RunOptions, listener: &UnixListener) -> Result<i32> {
                 Ok(())
             })
         };
-        match command.spawn() {
-            Ok(child) => child.id() as i32,
-            Err(e) => {
-                eprintln!("rcr run: cannot start {}: {e}", cmd.to_string_lossy());
-                return Ok(RUN_FAILED);
-            }
-        }
+        return Ok((command.spawn().map_err(cannot)?.id() as i32, None));
     };
-    serve(opts, listener, Pid::from_raw(program))
+    let pid = spawn_traced(command)?;
+    let emulator = Emulator::new(profile.masked_host(), [pid]);
+    Ok((pid, Some((emulator, profile.clone()))))
 }
 
-/// Reaps, forwards signals and answers checkpoint requests until the
-/// program ends; returns the status to exit with.
-fn serve(opts: &RunOptions, listener: &UnixListener, program: Pid) -> Result<i32> {
+/// Forks the program and seizes it before it execs, so that its exec stop
+/// arms CPUID faulting before its first instruction. A failed exec ends it
+/// with [`RUN_FAILED`].
+fn spawn_traced(mut command: std::process::Command) -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let (hold, release) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe2"))?;
+    // SAFETY: init is single-threaded, so the child may run any code.
+    match unsafe { nix::unistd::fork() }.map_err(sys_err("fork"))? {
+        nix::unistd::ForkResult::Child => {
+            drop(release);
+            // Until init has seized this child, which it says by closing
+            // its end of the pipe.
+            let _ = nix::unistd::read(&hold, &mut [0u8]);
+            let e = match signal_set(true).thread_unblock() {
+                Ok(()) => command.exec(),
+                Err(e) => e.into(),
+            };
+            eprintln!(
+                "rcr run: cannot start {}: {e}",
+                command.get_program().to_string_lossy()
+            );
+            std::process::exit(RUN_FAILED)
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(hold);
+            let seized = crate::ptrace::seize(child.as_raw(), cpu_mask::trace_options());
+            if let Err(e) = seized {
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(Error::sys(child.as_raw(), e.op, e.errno));
+            }
+            drop(release);
+            Ok(child.as_raw())
+        }
+    }
+}
+
+/// `GLIBC_TUNABLES` for the program in glibc mode (after any tunables
+/// already in rcr's environment), with the warning that says what it does
+/// not mask.
+fn glibc_environment(p: &CpuProfile) -> OsString {
+    let (tunables, unswitched) = crate::cpu::glibc_tunables(p);
+    let also = if unswitched.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; glibc has no switch for {}, which it may still use",
+            unswitched.join(", ")
+        )
+    };
+    eprintln!(
+        "rcr run: warning: CPU profile {} in glibc mode masks only glibc's own dispatch \
+         (GLIBC_TUNABLES={tunables}): the CPUID instruction still reports every feature of \
+         this CPU to the program and to any code that asks it{also}",
+        p.spec
+    );
+    match std::env::var_os("GLIBC_TUNABLES") {
+        Some(old) if !old.is_empty() => {
+            let mut v = old;
+            v.push(":");
+            v.push(&tunables);
+            v
+        }
+        _ => tunables.into(),
+    }
+}
+
+/// Reaps, answers trapped CPUIDs, forwards signals and answers checkpoint
+/// requests until the program ends; returns the status to exit with.
+fn serve(
+    opts: &RunOptions,
+    listener: &UnixListener,
+    program: Pid,
+    mut masking: Option<Masking>,
+) -> Result<i32> {
     let sfd = SignalFd::with_flags(&signal_set(true), SfdFlags::SFD_CLOEXEC)
         .map_err(sys_err("signalfd"))?;
     loop {
@@ -256,10 +406,14 @@ fn serve(opts: &RunOptions, listener: &UnixListener, program: Pid) -> Result<i32
         }
         let request = fds[1].revents & libc::POLLIN != 0;
         if request {
-            // A dump that ends the program reaps it as its tracer: done.
             if let Ok((stream, _)) = listener.accept() {
-                if answer(opts, stream, program) {
+                let (ended_it, reaped) = answer(opts, stream, program, masking.as_mut())?;
+                // A dump that ends the program reaps it as its tracer: done.
+                if ended_it {
                     return Ok(0);
+                }
+                if let Some(code) = reaped.into_iter().find_map(|w| program_status(program, w)) {
+                    return Ok(code);
                 }
             }
         }
@@ -270,25 +424,52 @@ fn serve(opts: &RunOptions, listener: &UnixListener, program: Pid) -> Result<i32
             let _ = kill(program, Signal::try_from(info.ssi_signo as i32).ok());
             continue;
         }
-        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
-            match status {
-                WaitStatus::Exited(p, code) if p == program => return Ok(code),
-                WaitStatus::Signaled(p, sig, _) if p == program => return Ok(128 + sig as i32),
-                WaitStatus::StillAlive => break,
-                _ => {}
+        // Ptrace stops as well as ends arrive as SIGCHLD.
+        while let Some((tid, status)) = cpu_mask::wait_any(libc::WNOHANG)? {
+            if let Some((emulator, _)) = masking.as_mut() {
+                emulator.on_wait(tid, status)?;
+            }
+            if let Some(code) = program_status(program, (tid, status)) {
+                return Ok(code);
             }
         }
     }
 }
 
+/// The status `rcr run` exits with when this wait status is the program's
+/// end.
+fn program_status(program: Pid, (tid, status): (i32, i32)) -> Option<i32> {
+    if tid != program.as_raw() {
+        return None;
+    }
+    match crate::ptrace::decode_status(status) {
+        crate::ptrace::Stop::Exited(code) => Some(code),
+        crate::ptrace::Stop::Killed(sig) => Some(128 + sig),
+        _ => None,
+    }
+}
+
 /// Serves one `rcr checkpoint`: a line `checkpoint [leave-running]`,
 /// answered with `ok <stats json>` or `error <message>`. Returns whether
-/// the program was checkpointed and killed.
-fn answer(opts: &RunOptions, stream: UnixStream, program: Pid) -> bool {
+/// the program was checkpointed and killed, and the wait statuses of tasks
+/// that ended while a masked tree was being frozen for the dump.
+fn answer(
+    opts: &RunOptions,
+    stream: UnixStream,
+    program: Pid,
+    mut masking: Option<&mut Masking>,
+) -> Result<(bool, Vec<(i32, i32)>)> {
     let mut line = String::new();
     let _ = BufReader::new(&stream).read_line(&mut line);
     let leave_running = line.split_whitespace().any(|w| w == "leave-running");
-    let result = dump_into(&opts.dir, program.as_raw(), leave_running);
+    let (reaped, profile) = match &mut masking {
+        Some((emulator, profile)) => (emulator.freeze()?, Some(profile.record())),
+        None => (Vec::new(), None),
+    };
+    let result = dump_into(&opts.dir, program.as_raw(), leave_running, profile);
+    if let Some((emulator, _)) = masking.filter(|_| result.is_err() || leave_running) {
+        emulator.thaw()?;
+    }
     let reply = match &result {
         Ok(stats) => format!(
             "ok {}\n",
@@ -297,12 +478,17 @@ fn answer(opts: &RunOptions, stream: UnixStream, program: Pid) -> bool {
         Err(e) => format!("error {e}\n"),
     };
     let _ = (&stream).write_all(reply.as_bytes());
-    result.is_ok() && !leave_running
+    Ok((result.is_ok() && !leave_running, reaped))
 }
 
-/// Dumps the program into `DIR/checkpoint`, replacing an older checkpoint
-/// only once the new one is complete.
-fn dump_into(dir: &Path, pid: i32, leave_running: bool) -> Result<crate::DumpStats> {
+/// Dumps the program into `DIR/checkpoint` with the CPU profile it runs
+/// under, replacing an older checkpoint only once the new one is complete.
+fn dump_into(
+    dir: &Path,
+    pid: i32,
+    leave_running: bool,
+    profile: Option<rcr_images::pb::CpuProfileRecord>,
+) -> Result<crate::DumpStats> {
     let target = checkpoint_dir(dir);
     let fresh = dir.join(".checkpoint.new");
     let old = dir.join(".checkpoint.old");
@@ -315,6 +501,12 @@ fn dump_into(dir: &Path, pid: i32, leave_running: bool) -> Result<crate::DumpSta
         leave_running,
         tcp_established: false,
     })?;
+    if profile.is_some() {
+        let path = rcr_images::ImageDir::new(&fresh).inventory();
+        let mut inv: rcr_images::pb::Inventory = rcr_images::read(&path)?;
+        inv.cpu_profile = profile;
+        rcr_images::write(&path, &inv)?;
+    }
     if target.exists() {
         std::fs::rename(&target, &old).map_err(|e| Error::io(&target, e))?;
     }

@@ -10,6 +10,7 @@
 //! - [`fdops`]: descriptor helpers for the workloads that build fd state.
 //! - [`sockops`]: unix socket helpers for the socket workloads.
 //! - [`harness`]: the test side: temp dirs, spawning, running `rcr`, waiting.
+//! - [`rcr_run`]: `rcr run` started and watched from a test.
 //! - [`unpriv`]: a plain user and a copy of `rcr` with file capabilities.
 
 pub mod fdops;
@@ -17,6 +18,7 @@ pub mod harness;
 pub mod inetops;
 pub mod maps;
 pub mod pattern;
+pub mod rcr_run;
 pub mod regloop;
 pub mod sigs;
 pub mod sockops;

@@ -3,10 +3,13 @@
 //! `rcr cpu --json` reads back as a profile; `--cpu-profile` either really
 //! masks CPUID (where CPUID faulting exists) or fails naming ENODEV.
 
+use rcr_engine::run::RUN_FAILED;
 use rcr_images::pb;
 use rcr_tests::harness::{
-    assert_no_process, copy_dir, dump, rcr_bin, run_rcr, TestDir, Workload, EXIT_TIMEOUT,
+    assert_no_process, copy_dir, dump, rcr_bin, run_rcr, send_signal, spawn_retrying, Exit,
+    TestDir, Workload, EXIT_TIMEOUT,
 };
+use rcr_tests::rcr_run::{wait_ready, Run};
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -145,16 +148,11 @@ fn cpu_profile_masks_cpuid_or_is_refused_without_faulting() {
         &dir,
         &restore_args(
             &img,
-            &[
-                "--cpu-profile",
-                "x86-64-v2",
-                "--cpu-profile-mode",
-                "glibc-hwcaps",
-            ],
+            &["--cpu-profile", "x86-64-v2", "--cpu-profile-mode", "glibc"],
         ),
     );
-    hwcaps.assert_failure(&["glibc-hwcaps", "already"]);
-    assert_no_process(w.pid, "after a refused glibc-hwcaps restore");
+    hwcaps.assert_failure(&["glibc", "already"]);
+    assert_no_process(w.pid, "after a refused glibc-mode restore");
 
     if !faulting {
         println!("CPUID faulting is not available here: checking the refusal, not masking");
@@ -201,4 +199,143 @@ fn cpu_profile_masks_cpuid_or_is_refused_without_faulting() {
     );
     let verdict = w.verdict().expect("the workload wrote a verdict");
     assert_eq!(verdict.line, "OK", "CPUID answers under x86-64-v2");
+}
+
+/// `rcr run --image DIR --cpu-profile PROFILE [options] -- CMD` to its end,
+/// with its exit status and stderr.
+fn run_to_end(dir: &TestDir, images: &Path, options: &[&str], command: &[&str]) -> (i32, String) {
+    let mut cmd = Command::new(dir.rcr());
+    cmd.arg("run")
+        .arg("--image")
+        .arg(images)
+        .args(options)
+        .arg("--")
+        .args(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = spawn_retrying(&mut cmd)
+        .wait_with_output()
+        .expect("rcr run");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+}
+
+/// The end-to-end masking test, which runs only where CPUID faulting
+/// exists: under `rcr run --cpu-profile x86-64-v2` wl_cpuid execs itself and
+/// sees masked CPUID answers, is checkpointed (the profile is recorded; a
+/// plain `rcr restore` is refused) and, restored by `rcr run`, still sees
+/// them. Elsewhere it checks the refusal of trap mode (status 125, naming
+/// ARCH_SET_CPUID, cpuid_fault and the glibc mode) and of a restore under a
+/// recorded profile, and prints that the masking itself was NOT run.
+#[test]
+fn run_cpu_profile_masks_across_exec_and_restore_only_where_faulting_exists() {
+    let dir = TestDir::new("cpu-run");
+    let images = dir.join("images");
+    let ready = dir.join("ready");
+    let result = dir.join("result");
+    let command = [
+        CPUID,
+        ready.to_str().unwrap(),
+        result.to_str().unwrap(),
+        "exec",
+    ];
+    let profile = ["--cpu-profile", "x86-64-v2"];
+    if cpu_json(&dir, None)["cpuid_faulting"] != true {
+        let (code, out) = run_to_end(&dir, &images, &profile, &command);
+        assert_eq!(code, RUN_FAILED, "{out}");
+        for word in ["ARCH_SET_CPUID", "cpuid_fault", "--cpu-profile-mode glibc"] {
+            assert!(out.contains(word), "the refusal lacks {word}: {out}");
+        }
+        assert!(!ready.exists(), "the program was started: {out}");
+        recorded_profile_needs_faulting(&dir);
+        println!(
+            "CPUID faulting is not available here: checked the refusals; the masking itself \
+             was NOT run on this host"
+        );
+        return;
+    }
+    println!("CPUID faulting is available: running wl_cpuid under x86-64-v2");
+    let mut first = Run::start(&dir, &images, &profile, &command);
+    wait_ready(&dir);
+    let ck = run_rcr(&dir, &["checkpoint".as_ref(), images.as_os_str()]);
+    ck.assert_success();
+    assert_eq!(first.wait(), Exit::Code(0), "rcr run after a checkpoint");
+    let checkpoint = images.join("checkpoint");
+    let inv: pb::Inventory =
+        rcr_images::read(&checkpoint.join("inventory.img")).expect("read inventory");
+    assert_eq!(
+        inv.cpu_profile.map(|p| p.spec),
+        Some("x86-64-v2".to_string())
+    );
+    run_rcr(&dir, &restore_args(&checkpoint, &[])).assert_failure(&["x86-64-v2", "rcr run"]);
+
+    let mut second = Run::start(&dir, &images, &[], &["false"]);
+    assert!(send_signal(second.program, libc::SIGUSR1));
+    assert_eq!(
+        second.wait(),
+        Exit::Code(0),
+        "the restored program's status"
+    );
+    let verdict = std::fs::read_to_string(&result).expect("verdict");
+    assert!(verdict.starts_with("OK\n"), "{verdict}");
+}
+
+/// A checkpoint that records a CPU profile is refused by a plain `rcr
+/// restore`, and `rcr run` restores it only with CPUID faulting.
+fn recorded_profile_needs_faulting(dir: &TestDir) {
+    let mut w = Workload::spawn(dir, Path::new(IDLE), &[], &[]);
+    w.wait_ready();
+    let images = dir.join("recorded");
+    let checkpoint = images.join("checkpoint");
+    dump(dir, &mut w, &checkpoint, &[]);
+    let inv_path = checkpoint.join("inventory.img");
+    let mut inv: pb::Inventory = rcr_images::read(&inv_path).expect("read inventory");
+    let v2 = rcr_engine::cpu::CpuProfile::parse("x86-64-v2").expect("x86-64-v2");
+    inv.cpu_profile = Some(v2.record());
+    rcr_images::write(&inv_path, &inv).expect("write inventory");
+    run_rcr(dir, &restore_args(&checkpoint, &[])).assert_failure(&["x86-64-v2", "rcr run"]);
+    assert_no_process(w.pid, "after a restore refused for its recorded profile");
+    let (code, out) = run_to_end(dir, &images, &[], &["false"]);
+    assert_eq!(code, RUN_FAILED, "{out}");
+    assert!(out.contains("ARCH_SET_CPUID"), "{out}");
+    w.reaped_elsewhere();
+}
+
+/// `--cpu-profile-mode glibc`: the program gets GLIBC_TUNABLES, which
+/// glibc's loader itself (the program here) reads: x86-64-v3 libraries are
+/// no longer "supported" under x86-64-v2 where this CPU has AVX2; the
+/// warning says that CPUID itself is not masked.
+#[test]
+fn run_cpu_profile_glibc_mode_steers_glibc_and_says_what_it_does_not_mask() {
+    let dir = TestDir::new("cpu-glibc");
+    let ld = "/lib64/ld-linux-x86-64.so.2";
+    let options = ["--cpu-profile", "x86-64-v2", "--cpu-profile-mode", "glibc"];
+    let (code, out) = run_to_end(&dir, &dir.join("images"), &options, &[ld, "--help"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("glibc mode") && out.contains("CPUID instruction still reports"),
+        "no warning of what is not masked: {out}"
+    );
+    let (_, plain) = run_to_end(&dir, &dir.join("plain"), &[], &[ld, "--help"]);
+    let supported = |text: &str, level: &str| {
+        text.lines()
+            .any(|l| l.trim() == format!("{level} (supported, searched)"))
+    };
+    assert!(supported(&out, "x86-64-v2"), "{out}");
+    assert!(!supported(&out, "x86-64-v3"), "{out}");
+    if supported(&plain, "x86-64-v3") {
+        println!("glibc's x86-64-v3 support was switched off by the tunables");
+    } else {
+        println!("this CPU is not x86-64-v3: the tunables had nothing to switch off");
+    }
+    let run = Run::start(&dir, &dir.join("env"), &options, &["sleep", "1000"]);
+    let environ = std::fs::read(format!("/proc/{}/environ", run.program)).expect("environ");
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|v| v.starts_with(b"GLIBC_TUNABLES=glibc.cpu.hwcaps=")),
+        "GLIBC_TUNABLES not in the program's environment"
+    );
 }

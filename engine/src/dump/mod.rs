@@ -342,6 +342,7 @@ fn inventory(pid: i32, opts: &DumpOptions) -> pb::Inventory {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
         sysv: None,
+        cpu_profile: None,
     }
 }
 

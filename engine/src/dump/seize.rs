@@ -8,6 +8,11 @@
 //! A thread that ends while it is being seized (the kernel refuses to trace
 //! one that is exiting) is left out: it is gone by the time the dump reads
 //! the process.
+//!
+//! A tree that this thread already traces and holds stopped (the CPUID
+//! answerer of `rcr run --cpu-profile` freezes it for its checkpoint) is
+//! taken as it is, and resumed rather than detached afterwards: it must
+//! never run without its tracer.
 
 use crate::error::{Error, Result};
 use crate::proc::stat::{self, Stat};
@@ -22,6 +27,8 @@ pub struct Seized {
     pid: i32,
     /// The leader first, then the other threads.
     tids: Vec<i32>,
+    /// Traced by this thread before the dump: resumed, never detached.
+    adopted: bool,
     done: bool,
 }
 
@@ -117,13 +124,16 @@ fn traced(pid: i32) -> impl Fn(PtraceError) -> Error {
 /// are listed again after each round, since a thread that was still running
 /// may have created more; the rounds end when one finds no new thread.
 fn seize(pid: i32) -> Result<Seized> {
-    seize_leader(pid)?;
+    let adopted = seize_leader(pid)?;
     let mut seized = Seized {
         pid,
         tids: vec![pid],
+        adopted,
         done: false,
     };
-    wait_stopped(pid)?;
+    if !adopted {
+        wait_stopped(pid)?;
+    }
     loop {
         let new: Vec<i32> = tasks::list_tasks(pid)?
             .into_iter()
@@ -134,6 +144,10 @@ fn seize(pid: i32) -> Result<Seized> {
         }
         for tid in new {
             match ptrace::seize(tid, ptrace::default_options()) {
+                Err(e) if e.errno == Errno::EPERM && adopted && held_by_us(tid) => {
+                    seized.tids.push(tid);
+                    continue;
+                }
                 // It exited since the listing, or is exiting (EPERM).
                 Err(e) if e.errno == Errno::ESRCH || thread_ended(pid, tid) => continue,
                 Err(e) => return Err(traced(tid)(e)),
@@ -154,8 +168,22 @@ fn thread_ended(pid: i32, tid: i32) -> bool {
     stat::read_task_stat(pid, tid).map_or(true, |st| matches!(st.state, 'Z' | 'X'))
 }
 
-fn seize_leader(pid: i32) -> Result<()> {
-    ptrace::seize(pid, ptrace::default_options()).map_err(|e| match e.errno {
+/// Whether this thread already traces `tid` and holds it in a ptrace-stop.
+fn held_by_us(tid: i32) -> bool {
+    // SAFETY: gettid cannot fail.
+    let me = unsafe { libc::gettid() };
+    crate::proc::status::read_status(tid).is_ok_and(|s| s.tracer_pid == me)
+        && stat::read_stat(tid).is_ok_and(|st| st.state == 't')
+}
+
+/// Seizes and interrupts the leader; returns whether it was adopted
+/// instead (already traced and held stopped by this thread).
+fn seize_leader(pid: i32) -> Result<bool> {
+    match ptrace::seize(pid, ptrace::default_options()) {
+        Err(e) if e.errno == Errno::EPERM && held_by_us(pid) => return Ok(true),
+        other => other,
+    }
+    .map_err(|e| match e.errno {
         Errno::ESRCH => Error::NoSuchProcess { pid },
         Errno::EPERM => Error::NotTraceable {
             pid,
@@ -171,7 +199,8 @@ fn seize_leader(pid: i32) -> Result<()> {
             reason: errno.to_string(),
         },
     })?;
-    ptrace::interrupt(pid).map_err(traced(pid))
+    ptrace::interrupt(pid).map_err(traced(pid))?;
+    Ok(false)
 }
 
 fn kernel_thread_note(pid: i32) -> &'static str {
@@ -210,9 +239,18 @@ impl Seized {
     fn release(mut self) -> Result<()> {
         self.done = true;
         for &tid in &self.tids {
-            ptrace::detach(tid, 0).map_err(traced(tid))?;
+            self.let_go(tid).map_err(traced(tid))?;
         }
         Ok(())
+    }
+
+    /// Detaches `tid`, or resumes it under its tracer when adopted.
+    fn let_go(&self, tid: i32) -> std::result::Result<(), PtraceError> {
+        if self.adopted {
+            ptrace::cont(tid, 0)
+        } else {
+            ptrace::detach(tid, 0)
+        }
     }
 
     /// Ends the process; [`Seized::reap`] waits until it is gone.
@@ -250,7 +288,7 @@ impl Drop for Seized {
     fn drop(&mut self) {
         if !self.done {
             for &tid in &self.tids {
-                let _ = ptrace::detach(tid, 0);
+                let _ = self.let_go(tid);
             }
         }
     }

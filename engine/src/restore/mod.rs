@@ -57,6 +57,7 @@ pub struct RestoreStats {
 pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     let started = Instant::now();
     let ckpt = load::load(&opts.dir)?;
+    refuse_unanswered(opts, &ckpt.inventory)?;
     crate::privilege::require_restore_caps()?;
     let pid = ckpt.processes[0].entry.pid;
     if let (pids::PidChoice::Only(how @ (PidStrategy::NsLastPid | PidStrategy::Spin)), Some(p)) = (
@@ -329,7 +330,7 @@ fn preflight_profile(
     };
     if *mode == crate::cpu::ProfileMode::GlibcHwcaps {
         return Err(Error::Preflight(
-            "--cpu-profile-mode glibc-hwcaps cannot apply to a restored program: glibc reads \
+            "--cpu-profile-mode glibc cannot apply to a restored program: glibc reads \
              GLIBC_TUNABLES when a program starts, and this one already chose its code paths; \
              use CPUID faulting (the default mode) or start the program with `rcr run`"
                 .into(),
@@ -349,6 +350,21 @@ fn preflight_profile(
         }
     }
     Ok(Some(table))
+}
+
+/// A tree that ran under `rcr run --cpu-profile` has CPUID faulting armed
+/// and dies at its first CPUID unless rcr answers it: it is restored only
+/// under a profile.
+fn refuse_unanswered(opts: &RestoreOptions, inv: &rcr_images::pb::Inventory) -> Result<()> {
+    match (&inv.cpu_profile, &opts.cpu_profile) {
+        (Some(recorded), None) => Err(Error::Preflight(format!(
+            "the checkpoint ran under CPU profile {:?} with CPUID faulting armed, and without \
+             a profile nothing would answer its CPUIDs: restore it with `rcr run --image` \
+             (which reads the profile back) or with --cpu-profile",
+            recorded.spec
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Processes that had CPUID faulting armed themselves: they get it back,

@@ -405,6 +405,7 @@ pub fn inventory() -> impl Strategy<Value = pb::Inventory> {
                 options: leave_running.map(|leave_running| pb::DumpOptions { leave_running }),
                 taken_at_ns,
                 sysv,
+                cpu_profile: None,
             },
         )
 }
