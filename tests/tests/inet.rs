@@ -1,6 +1,6 @@
 //! TCP and UDP sockets: listeners on IPv4 and IPv6 loopback that answer a
 //! client the test connects after restore, a connected UDP pair that talks
-//! after restore, and an established TCP connection inside the tree:
+//! after restore, datagrams queued from several senders, and an established TCP connection inside the tree:
 //! refused by name, or taken with `--tcp-established`.
 
 use rcr_tests::harness::{dump, restore, roundtrip, run_rcr, TestDir, Workload};
@@ -52,10 +52,20 @@ fn tcp_listeners_accept_new_clients_after_restore() {
     }
 }
 
+/// Two cycles: the second dumps the datagrams the first requeued.
 #[test]
-fn a_connected_udp_pair_talks_after_restore() {
+fn a_connected_udp_pair_talks_and_queued_datagrams_come_back_after_restore() {
     let program = Path::new(env!("CARGO_BIN_EXE_wl_inet_udp"));
-    roundtrip("inet-udp", program, &[], &[], 1, Duration::ZERO);
+    roundtrip("inet-udp", program, &[], &[], 2, Duration::ZERO);
+}
+
+#[test]
+fn queued_datagrams_stay_queued_after_a_dump_left_running() {
+    let dir = TestDir::new("inet-udp-leave");
+    let mut w = Workload::spawn(&dir, Path::new(env!("CARGO_BIN_EXE_wl_inet_udp")), &[], &[]);
+    w.wait_ready();
+    dump(&dir, &mut w, &dir.join("img"), &["--leave-running"]);
+    w.finish_ok();
 }
 
 #[test]
