@@ -24,10 +24,11 @@
 //! binds and connects (which establishes it without a handshake), puts
 //! the options, queues and window back, and turns repair off once every
 //! socket of the checkpoint exists, so both ends of a connection inside
-//! the tree are there before either sends. A peer outside the tree would
-//! answer the dead connection with a reset while the tree is down: this
-//! is for connections whose both ends are checkpointed, or whose peer is
-//! quiet until the restore.
+//! the tree are there before either sends. Each connection is locked
+//! (`netlock`) before it is read, so that a peer outside the tree that
+//! sends while the tree is down is not answered with a reset: its
+//! segments are dropped until the restore removes the lock, then
+//! retransmitted.
 //!
 //! Datagrams queued on a UDP socket are peeked one by one past a peek
 //! offset (SO_PEEK_OFF, put back as the task had it), with their sender
@@ -47,6 +48,7 @@
 //! network namespace.
 
 use super::files::{check, owned};
+use super::netlock::Netlock;
 use super::unix_socket::{family_name, get_opt, set_buffer, set_opt};
 use crate::error::{Error, Result};
 use nix::sys::socket::{self as sock, MsgFlags, SockaddrStorage};
@@ -278,22 +280,33 @@ fn queued(sock: &OwnedFd, request: libc::Ioctl) -> std::io::Result<usize> {
     Ok(n as usize)
 }
 
-/// Sockets a dump left in repair mode. Closing one while it is sends
-/// nothing to the peer: [`Repaired::close_silently`] once the tree is
-/// killed. Dropped otherwise (the dump failed, or the tree runs on), it
-/// turns repair off again, without a window probe.
+/// Sockets a dump left in repair mode, and the network lock holding
+/// their peers' segments off. Closing one while it is sends nothing to the
+/// peer: [`Repaired::close_silently`] once the tree is killed, which
+/// leaves the lock for the restore to remove. Dropped otherwise (the dump
+/// failed, or the tree runs on), it turns repair off again, without a
+/// window probe, and removes the lock.
 #[derive(Default)]
-pub struct Repaired(Vec<OwnedFd>);
+pub struct Repaired {
+    held: Vec<OwnedFd>,
+    lock: Netlock,
+}
 
 impl Repaired {
+    /// The network lock's table, if any connection was taken.
+    pub fn netlock(&self) -> Option<&str> {
+        self.lock.table()
+    }
+
     pub fn close_silently(mut self) {
-        self.0.clear();
+        self.held.clear();
+        self.lock = Netlock::default();
     }
 }
 
 impl Drop for Repaired {
     fn drop(&mut self) {
-        for fd in &self.0 {
+        for fd in &self.held {
             let _ = set_opt(
                 fd,
                 libc::IPPROTO_TCP,
@@ -301,16 +314,25 @@ impl Drop for Repaired {
                 TCP_REPAIR_OFF_NO_WP,
             );
         }
+        // A drop has no one to tell; a table left behind is named rcr_*.
+        let _ = self.lock.remove();
     }
 }
 
-/// Puts `sock` in repair mode and reads the connection; on success the
-/// socket stays in repair mode, held by `repaired`.
+/// Locks the connection from `local` to `peer`, puts `sock` in repair
+/// mode and reads the connection; on success the socket stays in repair
+/// mode, held by `repaired`.
 fn dump_stream(
     sock: &OwnedFd,
     info: &libc::tcp_info,
+    (local, peer): (&str, &str),
     repaired: &mut Repaired,
 ) -> std::result::Result<pb::InetTcpStream, String> {
+    let parse = |a: &str| a.parse::<SocketAddr>().map_err(|e| format!("({a}: {e})"));
+    repaired
+        .lock
+        .add(parse(local)?, parse(peer)?)
+        .map_err(|e| format!("cannot be locked with nf_tables (needs CAP_NET_ADMIN): {e}"))?;
     set_opt(sock, libc::IPPROTO_TCP, libc::TCP_REPAIR, TCP_REPAIR_ON)
         .map_err(|e| format!("cannot be put in TCP_REPAIR mode (needs CAP_NET_ADMIN): {e}"))?;
     let got = read_stream(sock, info);
@@ -322,7 +344,7 @@ fn dump_stream(
     );
     match got.and_then(|t| Ok((t, sock.try_clone().map_err(|e| e.to_string())?))) {
         Ok((t, held)) => {
-            repaired.0.push(held);
+            repaired.held.push(held);
             Ok(t)
         }
         Err(e) => {
@@ -480,7 +502,7 @@ pub fn dump(
                         "{connection} (dump with --tcp-established to take it with TCP_REPAIR)"
                     )));
                 };
-                let stream = dump_stream(sock, &info, repaired)
+                let stream = dump_stream(sock, &info, (&s.local, &s.peer), repaired)
                     .map_err(|e| refuse(format!("{connection} {e}")))?;
                 s.stream = Some(stream);
             }
@@ -1012,6 +1034,7 @@ mod tests {
             .map(|fd| dump(pid, 3, fd, libc::AF_INET, 0, Some(&mut repaired)).unwrap())
             .collect();
         drop(ends);
+        let lock = repaired.netlock().expect("connections locked").to_owned();
         repaired.close_silently();
         let made = saved.iter().map(|s| {
             check_saved(s).unwrap();
@@ -1021,6 +1044,7 @@ mod tests {
         for (fd, s) in made.iter().zip(&saved) {
             release(fd, s).unwrap();
         }
+        super::super::netlock::unlock(&lock).unwrap();
         let mut it = made.into_iter().map(std::net::TcpStream::from);
         let ends = [it.next().unwrap(), it.next().unwrap()];
         for s in &ends {
