@@ -381,14 +381,14 @@ pub fn inventory() -> impl Strategy<Value = pb::Inventory> {
             proptest::option::of(any::<bool>()),
             any::<u64>(),
         ),
-        proptest::option::of(sysv_ipc()),
+        (proptest::option::of(sysv_ipc()), "[a-z0-9_]{0,16}"),
     )
         .prop_map(
             |(
                 (format_version, rcr_version, root_pid),
                 (kernel_release, kernel_version, machine, page_size),
                 (cpu, leave_running, taken_at_ns),
-                sysv,
+                (sysv, netlock),
             )| pb::Inventory {
                 format_version,
                 rcr_version,
@@ -401,6 +401,7 @@ pub fn inventory() -> impl Strategy<Value = pb::Inventory> {
                 options: leave_running.map(|leave_running| pb::DumpOptions { leave_running }),
                 taken_at_ns,
                 sysv,
+                netlock,
             },
         )
 }
