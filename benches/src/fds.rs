@@ -314,18 +314,7 @@ pub fn fds(wanted: usize, runs: usize, base: &std::path::Path) {
     let freeze_s = median(|r| r.freeze_s);
     let per = |s: f64| s * 1e6 / n as f64;
     println!("rcr benchmark: 1 process, {n} file descriptors of mixed kinds, median of {runs}");
-    println!("{:<28}{:>12}{:>14}", "", "total", "per fd");
-    for (name, s) in [
-        ("dump", dump_s),
-        ("freeze", freeze_s),
-        ("restore", restore_s),
-    ] {
-        println!(
-            "{name:<28}{:>12}{:>14}",
-            format!("{:.1} ms", s * 1e3),
-            format!("{:.1} µs", per(s))
-        );
-    }
+    times_table("per fd", [dump_s, freeze_s, restore_s], per);
     println!(
         "{}",
         serde_json::json!({
@@ -334,4 +323,16 @@ pub fn fds(wanted: usize, runs: usize, base: &std::path::Path) {
             "restore_us_per_fd": per(restore_s),
         })
     );
+}
+
+/// Dump, freeze and restore times, in total and per item (`per`).
+pub fn times_table(per_what: &str, times: [f64; 3], per: impl Fn(f64) -> f64) {
+    println!("{:<28}{:>12}{:>18}", "", "total", per_what);
+    for (name, s) in ["dump", "freeze", "restore"].into_iter().zip(times) {
+        println!(
+            "{name:<28}{:>12}{:>18}",
+            format!("{:.1} ms", s * 1e3),
+            format!("{:.1} µs", per(s))
+        );
+    }
 }

@@ -11,9 +11,13 @@
 //! `--tree-workload N MIB`, `--cow-workload N MIB` and `--thread-workload N`
 //! are the workloads. `rcr-bench --fds N [--runs R]` measures a process
 //! holding N descriptors of mixed kinds (`--fds-workload N`).
+//! `rcr-bench --tcp [N] [--runs R]` measures a tree of two processes
+//! holding N established loopback TCP connections (default 1000), dumped
+//! with `--tcp-established` (`--tcp-workload N`).
 //! `--pids set_tid|ns_last_pid|spin` restores pids only that way.
 
 mod fds;
+mod tcp;
 mod tree;
 
 use std::path::PathBuf;
@@ -48,6 +52,9 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--fds-workload") {
         fds::fds_workload(number(i + 1));
     }
+    if let Some(i) = args.iter().position(|a| a == "--tcp-workload") {
+        tcp::tcp_workload(number(i + 1));
+    }
     if let Some(i) = args.iter().position(|a| a == "--thread-workload") {
         tree::thread_workload(number(i + 1));
     }
@@ -61,6 +68,11 @@ fn main() {
     });
     if let Some(n) = flag("--fds") {
         fds::fds(n.parse().expect("--fds N"), runs, &base);
+        return;
+    }
+    if args.iter().any(|a| a == "--tcp") {
+        let n = flag("--tcp").and_then(|s| s.parse().ok()).unwrap_or(1000);
+        tcp::tcp(n, runs, &base);
         return;
     }
     if args.iter().any(|a| a == "--trees") {

@@ -46,6 +46,12 @@ pub(crate) fn prepare_workload() {
 pub(crate) fn say_ready() {
     use std::io::Write;
     std::io::stdout().write_all(b"ready\n").expect("say ready");
+    quiet_stdout();
+}
+
+/// Swaps stdout for /dev/null in a workload's child, so the benchmark's
+/// pipe ends with the workload's ready line.
+pub(crate) fn quiet_stdout() {
     // SAFETY: replaces fd 1 with /dev/null.
     unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&dev_null()), 1) };
 }
@@ -231,6 +237,16 @@ pub fn round_trip(
     dir: &std::path::Path,
     pids: rcr_engine::PidChoice,
 ) -> RoundTrip {
+    round_trip_tcp(args, dir, pids, false)
+}
+
+/// [`round_trip`], taking established TCP connections when `tcp_established`.
+pub fn round_trip_tcp(
+    args: &[String],
+    dir: &std::path::Path,
+    pids: rcr_engine::PidChoice,
+    tcp_established: bool,
+) -> RoundTrip {
     let exe = std::env::current_exe().expect("own path");
     let mut child = Command::new(exe)
         .args(args)
@@ -254,7 +270,7 @@ pub fn round_trip(
         pid,
         dir: dir.to_path_buf(),
         leave_running: false,
-        tcp_established: false,
+        tcp_established,
     })
     .unwrap_or_else(|e| panic!("dump {args:?}: {e}"));
     let dump_s = t.elapsed().as_secs_f64();

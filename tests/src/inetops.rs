@@ -87,3 +87,11 @@ pub fn set_opt(fd: i32, level: i32, name: i32, v: i32) -> Result<(), String> {
     sys(rc as i64, &format!("setsockopt {level}/{name} fd {fd}"))?;
     Ok(())
 }
+
+/// What `wl_inet_peer` and its peer outside the tree say, in order.
+pub mod peer_talk {
+    pub const TO_PEER: &[u8] = b"from the tree before the dump";
+    pub const UNREAD: &[u8] = b"unread by the tree";
+    pub const WHILE_DOWN: &[u8] = b"sent while the tree was down";
+    pub const AFTER: &[u8] = b"answered after the restore";
+}

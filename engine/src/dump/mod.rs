@@ -134,6 +134,10 @@ fn write_tree(
     let ipc = crate::objects::sysv::dump(&pids)?;
     let mut inv = inventory(opts.pid, opts);
     inv.sysv = Some(ipc.clone());
+    if !opts.leave_running {
+        let lock = repaired.as_ref().and_then(|r| r.netlock());
+        inv.netlock = lock.unwrap_or_default().into();
+    }
     images::write(&dir.inventory(), &inv)?;
     Ok((pages_bytes, ipc, repaired))
 }
@@ -343,6 +347,7 @@ fn inventory(pid: i32, opts: &DumpOptions) -> pb::Inventory {
             .map_or(0, |d| d.as_nanos() as u64),
         sysv: None,
         cpu_profile: None,
+        netlock: String::new(),
     }
 }
 

@@ -24,18 +24,31 @@
 //! binds and connects (which establishes it without a handshake), puts
 //! the options, queues and window back, and turns repair off once every
 //! socket of the checkpoint exists, so both ends of a connection inside
-//! the tree are there before either sends. A peer outside the tree would
-//! answer the dead connection with a reset while the tree is down: this
-//! is for connections whose both ends are checkpointed, or whose peer is
-//! quiet until the restore.
+//! the tree are there before either sends. Each connection is locked
+//! (`netlock`) before it is read, so that a peer outside the tree that
+//! sends while the tree is down is not answered with a reset: its
+//! segments are dropped until the restore removes the lock, then
+//! retransmitted.
+//!
+//! Datagrams queued on a UDP socket are peeked one by one past a peek
+//! offset (SO_PEEK_OFF, put back as the task had it), with their sender
+//! and, when the task asked for it, their destination (IP_PKTINFO,
+//! IPV6_RECVPKTINFO). Restore sends each again, in order, as a raw packet
+//! (CAP_NET_RAW) from the sender's address and port, so that `recvfrom`
+//! names the original sender even when its port is taken now; this is
+//! done between bind and connect, since a connected socket would turn
+//! away datagrams from others. An empty datagram the task had already
+//! peeked at without reading is not seen (the kernel skips it at a peek
+//! offset).
 //!
 //! Refused at dump, by name: other protocols (raw, ICMP, SCTP...), TCP
 //! sockets in any state but closed, listening and established (an
 //! established connection without `--tcp-established` names both ends),
-//! a listener with connections not yet accepted, a UDP socket with datagrams queued (their senders' addresses
-//! could not be given back), a socket of another network namespace.
+//! a listener with connections not yet accepted, a socket of another
+//! network namespace.
 
 use super::files::{check, owned};
+use super::netlock::Netlock;
 use super::unix_socket::{family_name, get_opt, set_buffer, set_opt};
 use crate::error::{Error, Result};
 use nix::sys::socket::{self as sock, MsgFlags, SockaddrStorage};
@@ -63,6 +76,10 @@ const TCPOPT_TIMESTAMP: u32 = 8;
 const TCPI_OPT_TIMESTAMPS: u8 = 1;
 const TCPI_OPT_SACK: u8 = 2;
 const TCPI_OPT_WSCALE: u8 = 4;
+// SO_MEMINFO: how many values, and where the receive queue's memory is
+// (<linux/sock_diag.h>).
+const SK_MEMINFO_VARS: usize = 9;
+const SK_MEMINFO_RMEM_ALLOC: usize = 0;
 
 /// `struct tcp_repair_window`.
 #[repr(C)]
@@ -86,6 +103,7 @@ trait Plain: Sized {}
 impl Plain for libc::tcp_info {}
 impl Plain for RepairWindow {}
 impl Plain for RepairOpt {}
+impl Plain for [u32; SK_MEMINFO_VARS] {}
 
 /// Which sockets an option applies to.
 #[derive(Clone, Copy, PartialEq)]
@@ -93,10 +111,12 @@ enum Only {
     All,
     Tcp,
     V6,
+    UdpV4,
+    UdpV6,
 }
 
 /// The integer options kept, by name.
-const OPTIONS: [(&str, i32, i32, Only); 8] = [
+const OPTIONS: [(&str, i32, i32, Only); 10] = [
     (
         "SO_REUSEADDR",
         libc::SOL_SOCKET,
@@ -145,6 +165,18 @@ const OPTIONS: [(&str, i32, i32, Only); 8] = [
         libc::IPV6_V6ONLY,
         Only::V6,
     ),
+    (
+        "IP_PKTINFO",
+        libc::IPPROTO_IP,
+        libc::IP_PKTINFO,
+        Only::UdpV4,
+    ),
+    (
+        "IPV6_RECVPKTINFO",
+        libc::IPPROTO_IPV6,
+        libc::IPV6_RECVPKTINFO,
+        Only::UdpV6,
+    ),
 ];
 
 fn applies(only: Only, family: i32, kind: i32) -> bool {
@@ -152,6 +184,8 @@ fn applies(only: Only, family: i32, kind: i32) -> bool {
         Only::All => true,
         Only::Tcp => kind == libc::SOCK_STREAM,
         Only::V6 => family == libc::AF_INET6,
+        Only::UdpV4 => kind == libc::SOCK_DGRAM && family == libc::AF_INET,
+        Only::UdpV6 => kind == libc::SOCK_DGRAM && family == libc::AF_INET6,
     }
 }
 
@@ -197,8 +231,8 @@ fn addr_text(a: Option<SockaddrStorage>) -> String {
     }
 }
 
-/// A TCP option that is a plain C struct.
-fn get_tcp<T: Plain>(sock: &OwnedFd, name: i32) -> std::io::Result<T> {
+/// An option at `level` that is a plain C struct.
+fn get_plain<T: Plain>(sock: &OwnedFd, level: i32, name: i32) -> std::io::Result<T> {
     // SAFETY: T is a plain C struct (Plain); all zeroes is a valid one.
     let mut v: T = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<T>() as libc::socklen_t;
@@ -206,7 +240,7 @@ fn get_tcp<T: Plain>(sock: &OwnedFd, name: i32) -> std::io::Result<T> {
     let ret = unsafe {
         libc::getsockopt(
             sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
+            level,
             name,
             (&mut v as *mut T).cast(),
             &mut len,
@@ -246,22 +280,33 @@ fn queued(sock: &OwnedFd, request: libc::Ioctl) -> std::io::Result<usize> {
     Ok(n as usize)
 }
 
-/// Sockets a dump left in repair mode. Closing one while it is sends
-/// nothing to the peer: [`Repaired::close_silently`] once the tree is
-/// killed. Dropped otherwise (the dump failed, or the tree runs on), it
-/// turns repair off again, without a window probe.
+/// Sockets a dump left in repair mode, and the network lock holding
+/// their peers' segments off. Closing one while it is sends nothing to the
+/// peer: [`Repaired::close_silently`] once the tree is killed, which
+/// leaves the lock for the restore to remove. Dropped otherwise (the dump
+/// failed, or the tree runs on), it turns repair off again, without a
+/// window probe, and removes the lock.
 #[derive(Default)]
-pub struct Repaired(Vec<OwnedFd>);
+pub struct Repaired {
+    held: Vec<OwnedFd>,
+    lock: Netlock,
+}
 
 impl Repaired {
+    /// The network lock's table, if any connection was taken.
+    pub fn netlock(&self) -> Option<&str> {
+        self.lock.table()
+    }
+
     pub fn close_silently(mut self) {
-        self.0.clear();
+        self.held.clear();
+        self.lock = Netlock::default();
     }
 }
 
 impl Drop for Repaired {
     fn drop(&mut self) {
-        for fd in &self.0 {
+        for fd in &self.held {
             let _ = set_opt(
                 fd,
                 libc::IPPROTO_TCP,
@@ -269,16 +314,25 @@ impl Drop for Repaired {
                 TCP_REPAIR_OFF_NO_WP,
             );
         }
+        // A drop has no one to tell; a table left behind is named rcr_*.
+        let _ = self.lock.remove();
     }
 }
 
-/// Puts `sock` in repair mode and reads the connection; on success the
-/// socket stays in repair mode, held by `repaired`.
+/// Locks the connection from `local` to `peer`, puts `sock` in repair
+/// mode and reads the connection; on success the socket stays in repair
+/// mode, held by `repaired`.
 fn dump_stream(
     sock: &OwnedFd,
     info: &libc::tcp_info,
+    (local, peer): (&str, &str),
     repaired: &mut Repaired,
 ) -> std::result::Result<pb::InetTcpStream, String> {
+    let parse = |a: &str| a.parse::<SocketAddr>().map_err(|e| format!("({a}: {e})"));
+    repaired
+        .lock
+        .add(parse(local)?, parse(peer)?)
+        .map_err(|e| format!("cannot be locked with nf_tables (needs CAP_NET_ADMIN): {e}"))?;
     set_opt(sock, libc::IPPROTO_TCP, libc::TCP_REPAIR, TCP_REPAIR_ON)
         .map_err(|e| format!("cannot be put in TCP_REPAIR mode (needs CAP_NET_ADMIN): {e}"))?;
     let got = read_stream(sock, info);
@@ -290,7 +344,7 @@ fn dump_stream(
     );
     match got.and_then(|t| Ok((t, sock.try_clone().map_err(|e| e.to_string())?))) {
         Ok((t, held)) => {
-            repaired.0.push(held);
+            repaired.held.push(held);
             Ok(t)
         }
         Err(e) => {
@@ -352,8 +406,8 @@ fn read_stream(
         t.snd_wscale = u32::from(info.tcpi_snd_rcv_wscale & 0xf);
         t.rcv_wscale = u32::from(info.tcpi_snd_rcv_wscale >> 4);
     }
-    let w: RepairWindow =
-        get_tcp(sock, libc::TCP_REPAIR_WINDOW).map_err(err("TCP_REPAIR_WINDOW"))?;
+    let w: RepairWindow = get_plain(sock, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW)
+        .map_err(err("TCP_REPAIR_WINDOW"))?;
     (t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup) =
         (w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup);
     Ok(t)
@@ -429,8 +483,8 @@ pub fn dump(
     }
     let what = format!("{} socket {}", proto_name(s.r#type), show_local(&s.local));
     if kind == libc::SOCK_STREAM {
-        let info: libc::tcp_info =
-            get_tcp(sock, libc::TCP_INFO).map_err(|e| sys_err(pid, "getsockopt(TCP_INFO)", e))?;
+        let info: libc::tcp_info = get_plain(sock, libc::IPPROTO_TCP, libc::TCP_INFO)
+            .map_err(|e| sys_err(pid, "getsockopt(TCP_INFO)", e))?;
         s.state = u32::from(info.tcpi_state);
         match s.state {
             TCP_LISTEN if info.tcpi_unacked > 0 => {
@@ -448,7 +502,7 @@ pub fn dump(
                         "{connection} (dump with --tcp-established to take it with TCP_REPAIR)"
                     )));
                 };
-                let stream = dump_stream(sock, &info, repaired)
+                let stream = dump_stream(sock, &info, (&s.local, &s.peer), repaired)
                     .map_err(|e| refuse(format!("{connection} {e}")))?;
                 s.stream = Some(stream);
             }
@@ -461,15 +515,61 @@ pub fn dump(
             }
         }
     } else {
-        // A zero-length peek finds even an empty datagram, and takes nothing.
-        let queued = sock::recv(raw, &mut [], MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT);
-        if queued.is_ok() {
-            return Err(refuse(format!(
-                "{what} with datagrams queued (their senders' addresses could not be given back)"
-            )));
-        }
+        s.datagrams = queued_datagrams(sock).map_err(|e| {
+            refuse(format!(
+                "{what} whose queued datagrams cannot be read ({e})"
+            ))
+        })?;
     }
     Ok(s)
+}
+
+/// The datagrams queued on UDP socket `sock`, oldest first. Each is
+/// peeked at a peek offset moved past the ones before; the task's own
+/// offset is put back after, so it still finds them all.
+fn queued_datagrams(sock: &OwnedFd) -> std::io::Result<Vec<pb::InetDatagram>> {
+    let before = get_opt(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+    set_opt(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    let got = peek_datagrams(sock);
+    set_opt(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, before)?;
+    got
+}
+
+fn peek_datagrams(sock: &OwnedFd) -> std::io::Result<Vec<pb::InetDatagram>> {
+    use sock::ControlMessageOwned as Cmsg;
+    // The largest UDP payload.
+    let mut buf = vec![0u8; 1 << 16];
+    let mut out = Vec::new();
+    loop {
+        let mut space = nix::cmsg_space!(libc::in6_pktinfo);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC;
+        let msg = match sock::recvmsg::<SockaddrStorage>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            flags,
+        ) {
+            Err(nix::errno::Errno::EAGAIN) => return Ok(out),
+            Err(e) => return Err(e.into()),
+            Ok(msg) => msg,
+        };
+        let to = msg.cmsgs()?.find_map(|c| match c {
+            Cmsg::Ipv4PacketInfo(i) => {
+                Some(std::net::Ipv4Addr::from(u32::from_be(i.ipi_addr.s_addr)).to_string())
+            }
+            Cmsg::Ipv6PacketInfo(i) => {
+                Some(std::net::Ipv6Addr::from(i.ipi6_addr.s6_addr).to_string())
+            }
+            _ => None,
+        });
+        let (len, from) = (msg.bytes.min(1 << 16), addr_text(msg.address));
+        out.push(pb::InetDatagram {
+            from,
+            to: to.unwrap_or_default(),
+            data: buf[..len].to_vec(),
+        });
+    }
 }
 
 fn show_local(addr: &str) -> &str {
@@ -502,6 +602,18 @@ pub fn check_saved(s: &pb::InetSocket) -> std::result::Result<(), String> {
     for a in [&s.local, &s.peer].into_iter().filter(|a| !a.is_empty()) {
         a.parse::<SocketAddr>()
             .map_err(|e| format!("inet socket address {a:?}: {e}"))?;
+    }
+    if !s.datagrams.is_empty() && s.local.is_empty() {
+        return Err("unbound UDP socket with datagrams queued".into());
+    }
+    for d in &s.datagrams {
+        d.from
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("queued datagram's sender {:?}: {e}", d.from))?;
+        if !d.to.is_empty() {
+            d.to.parse::<std::net::IpAddr>()
+                .map_err(|e| format!("queued datagram's destination {:?}: {e}", d.to))?;
+        }
     }
     match s
         .options
@@ -592,11 +704,174 @@ fn attach(fd: &OwnedFd, s: &pb::InetSocket, what: &str) -> Result<()> {
         let ret = unsafe { libc::listen(fd.as_raw_fd(), s.backlog as i32) };
         check(ret as i64, &format!("listen on {what}"))?;
     }
+    // Before connecting, which would turn away datagrams from others.
+    if !s.datagrams.is_empty() {
+        requeue(fd, s, what)?;
+    }
     if !s.peer.is_empty() {
         sock::connect(fd.as_raw_fd(), &parse(&s.peer))
             .map_err(|e| Error::Preflight(format!("connecting {what} to {}: {e}", s.peer)))?;
     }
     Ok(())
+}
+
+/// Sends each saved datagram of `s` again to its restored socket `fd`,
+/// in order, from its original sender's address and port: a raw packet
+/// (CAP_NET_RAW) needs no socket of the sender, whose port may be taken.
+/// Each is waited for in the receive queue before the next is sent.
+fn requeue(fd: &OwnedFd, s: &pb::InetSocket, what: &str) -> Result<()> {
+    let local: SocketAddr = s.local.parse().expect("checked at load");
+    let mut raw: [Option<OwnedFd>; 2] = [None, None];
+    for (i, d) in s.datagrams.iter().enumerate() {
+        let failed = |e: &dyn std::fmt::Display| {
+            Error::Preflight(format!(
+                "{what}: requeueing datagram {i} from {}: {e}",
+                d.from
+            ))
+        };
+        let from = canonical(d.from.parse::<SocketAddr>().expect("checked at load"));
+        let to = match d.to.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => local.ip(),
+        };
+        let mut to = canonical(SocketAddr::new(to, local.port()));
+        if to.ip().is_unspecified() {
+            to.set_ip(loopback(&from));
+        }
+        let slot = &mut raw[usize::from(from.is_ipv6())];
+        if slot.is_none() {
+            let family = if from.is_ipv6() {
+                libc::AF_INET6
+            } else {
+                libc::AF_INET
+            };
+            // SAFETY: socket() takes plain integers.
+            let ret = unsafe {
+                libc::socket(
+                    family,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    libc::IPPROTO_RAW,
+                )
+            };
+            *slot = Some(owned(ret, "a raw socket (needs CAP_NET_RAW)").map_err(|e| failed(&e))?);
+        }
+        let sender = slot.as_ref().expect("made above");
+        let before = rmem(fd).map_err(|e| failed(&e))?;
+        let packet = udp_packet(from, to, &d.data);
+        let dest = SockaddrStorage::from(SocketAddr::new(to.ip(), 0));
+        sock::sendto(sender.as_raw_fd(), &packet, &dest, MsgFlags::empty())
+            .map_err(|e| failed(&e))?;
+        // Loopback delivers within the send, or soon after; bounded.
+        let mut arrived = false;
+        for _ in 0..2000 {
+            if rmem(fd).map_err(|e| failed(&e))? > before {
+                arrived = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if !arrived {
+            return Err(failed(&format!("it never reached {to}")));
+        }
+    }
+    Ok(())
+}
+
+/// `a` with an IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+fn loopback(of: &SocketAddr) -> std::net::IpAddr {
+    match of {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    }
+}
+
+/// The memory the receive queue of `fd` holds (SO_MEMINFO).
+fn rmem(fd: &OwnedFd) -> std::io::Result<u32> {
+    let m: [u32; SK_MEMINFO_VARS] = get_plain(fd, libc::SOL_SOCKET, libc::SO_MEMINFO)?;
+    Ok(m[SK_MEMINFO_RMEM_ALLOC])
+}
+
+/// An IP packet carrying a UDP datagram `data` from `from` to `to` (of
+/// one family), with its UDP checksum.
+fn udp_packet(from: SocketAddr, to: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let udp_len = (8 + data.len()) as u16;
+    let mut udp = Vec::with_capacity(udp_len as usize);
+    udp.extend_from_slice(&from.port().to_be_bytes());
+    udp.extend_from_slice(&to.port().to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(data);
+    let mut pseudo = Vec::with_capacity(40);
+    let mut packet = Vec::with_capacity(40 + udp.len());
+    match (from.ip(), to.ip()) {
+        (std::net::IpAddr::V4(src), std::net::IpAddr::V4(dst)) => {
+            pseudo.extend_from_slice(&src.octets());
+            pseudo.extend_from_slice(&dst.octets());
+            pseudo.extend_from_slice(&[0, libc::IPPROTO_UDP as u8]);
+            pseudo.extend_from_slice(&udp_len.to_be_bytes());
+            // Version 4, 5 words of header; the kernel fills the id and
+            // the header checksum.
+            packet.extend_from_slice(&[0x45, 0]);
+            packet.extend_from_slice(&(20 + udp_len).to_be_bytes());
+            packet.extend_from_slice(&[0, 0, 0, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
+            packet.extend_from_slice(&src.octets());
+            packet.extend_from_slice(&dst.octets());
+        }
+        (src, dst) => {
+            let v6 = |a: std::net::IpAddr| match a {
+                std::net::IpAddr::V6(a) => a.octets(),
+                std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            };
+            pseudo.extend_from_slice(&v6(src));
+            pseudo.extend_from_slice(&v6(dst));
+            pseudo.extend_from_slice(&u32::from(udp_len).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, libc::IPPROTO_UDP as u8]);
+            // Version 6, no class or flow label; payload length, next
+            // header, hop limit.
+            packet.extend_from_slice(&[0x60, 0, 0, 0]);
+            packet.extend_from_slice(&udp_len.to_be_bytes());
+            packet.extend_from_slice(&[libc::IPPROTO_UDP as u8, 64]);
+            packet.extend_from_slice(&v6(src));
+            packet.extend_from_slice(&v6(dst));
+        }
+    }
+    let sum = match internet_checksum(&[&pseudo, &udp]) {
+        0 => 0xffff,
+        sum => sum,
+    };
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    packet.extend_from_slice(&udp);
+    packet
+}
+
+/// The ones' complement of the ones' complement sum of `parts` taken as
+/// one run of big-endian 16-bit words (RFC 1071).
+fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let bytes = parts.iter().flat_map(|p| p.iter().copied());
+    let (mut sum, mut high) = (0u64, None);
+    for b in bytes {
+        match high.take() {
+            None => high = Some(b),
+            Some(h) => sum += u64::from(u16::from_be_bytes([h, b])),
+        }
+    }
+    if let Some(h) = high {
+        sum += u64::from(h) << 8;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// Rebuilds established connection `t` on `fd` in repair mode: sequence
@@ -759,6 +1034,7 @@ mod tests {
             .map(|fd| dump(pid, 3, fd, libc::AF_INET, 0, Some(&mut repaired)).unwrap())
             .collect();
         drop(ends);
+        let lock = repaired.netlock().expect("connections locked").to_owned();
         repaired.close_silently();
         let made = saved.iter().map(|s| {
             check_saved(s).unwrap();
@@ -768,6 +1044,7 @@ mod tests {
         for (fd, s) in made.iter().zip(&saved) {
             release(fd, s).unwrap();
         }
+        super::super::netlock::unlock(&lock).unwrap();
         let mut it = made.into_iter().map(std::net::TcpStream::from);
         let ends = [it.next().unwrap(), it.next().unwrap()];
         for s in &ends {
@@ -823,12 +1100,84 @@ mod tests {
             .to_string();
         let local = c.peer_addr().unwrap().to_string();
         assert!(err.contains("established") && err.contains(&local), "{err}");
-        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        u.send_to(b"", u.local_addr().unwrap()).unwrap();
-        let err = dump(pid, 5, &OwnedFd::from(u), libc::AF_INET, 0, None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("datagrams queued"), "{err}");
+    }
+
+    /// Queues datagrams from two senders (one still bound, one gone) on
+    /// a socket bound to `at`, dumps it, checks it still holds them all,
+    /// then restores it and receives them in order from their senders.
+    fn queued_datagrams_come_back(at: &str, family: i32, pktinfo: (i32, i32)) {
+        use std::net::UdpSocket;
+        let u = UdpSocket::bind(at).unwrap();
+        let fd = OwnedFd::from(u.try_clone().unwrap());
+        set_opt(&fd, pktinfo.0, pktinfo.1, 1).unwrap();
+        let to = u.local_addr().unwrap();
+        let (a, b) = (UdpSocket::bind(at).unwrap(), UdpSocket::bind(at).unwrap());
+        let sent = [(&a, &b"first from a"[..]), (&b, b""), (&a, b"third")];
+        for (from, data) in sent {
+            from.send_to(data, to).unwrap();
+        }
+        let want: Vec<(Vec<u8>, SocketAddr)> = sent
+            .iter()
+            .map(|(from, data)| (data.to_vec(), from.local_addr().unwrap()))
+            .collect();
+        // Let them all arrive (bounded, no timing check).
+        for _ in 0..1000 {
+            if rmem(&fd).unwrap() > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let s = roundtrip(&fd, family);
+        assert_eq!(s.datagrams.len(), 3, "{:?}", s.datagrams);
+        for d in &s.datagrams {
+            assert_eq!(d.to.parse::<std::net::IpAddr>().unwrap(), to.ip());
+        }
+        assert_eq!(
+            get_opt(&fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap(),
+            -1
+        );
+        let recv = |u: &UdpSocket| {
+            let mut buf = [0u8; 64];
+            u.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                .unwrap();
+            let (n, from) = u.recv_from(&mut buf).unwrap();
+            (buf[..n].to_vec(), from)
+        };
+        let still: Vec<_> = (0..3).map(|_| recv(&u)).collect();
+        assert_eq!(still, want, "the dump took datagrams away");
+        for (from, data) in sent {
+            from.send_to(data, to).unwrap();
+        }
+        drop((u, fd, b));
+        let again = UdpSocket::from(restore(&s).unwrap());
+        assert_eq!(again.local_addr().unwrap(), to);
+        let got: Vec<_> = (0..3).map(|_| recv(&again)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn queued_ipv4_datagrams_come_back_from_their_senders() {
+        queued_datagrams_come_back(
+            "127.0.0.1:0",
+            libc::AF_INET,
+            (libc::IPPROTO_IP, libc::IP_PKTINFO),
+        );
+    }
+
+    #[test]
+    fn queued_ipv6_datagrams_come_back_from_their_senders() {
+        queued_datagrams_come_back(
+            "[::1]:0",
+            libc::AF_INET6,
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+        );
+    }
+
+    #[test]
+    fn a_udp_checksum_matches_rfc_1071() {
+        // The example of RFC 1071 section 3: sum 0xddf2, checksum 0x220d.
+        let words = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(internet_checksum(&[&words[..3], &words[3..]]), 0x220d);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod locks;
 pub mod memfd;
 pub mod memory;
 pub mod mm_fields;
+pub mod netlock;
 pub mod pid_ns;
 pub mod pipe;
 pub mod posix_shm;

@@ -182,6 +182,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     let mut warnings = prepared.warnings;
     warnings.append(&mut pids.warnings);
     warnings.extend(cpu_warnings);
+    let lock = &ckpt.inventory.netlock;
+    if !lock.is_empty() {
+        if let Err(e) = crate::objects::netlock::unlock(lock) {
+            warnings.push(format!(
+                "the network lock (nf_tables table inet {lock}) could not be removed: {e}; \
+                 its connections stay held off until it is"
+            ));
+        }
+    }
     let tids = releases
         .iter()
         .filter(|r| r.hole.is_some())

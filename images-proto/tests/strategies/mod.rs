@@ -385,14 +385,14 @@ pub fn inventory() -> impl Strategy<Value = pb::Inventory> {
             proptest::option::of(any::<bool>()),
             any::<u64>(),
         ),
-        proptest::option::of(sysv_ipc()),
+        (proptest::option::of(sysv_ipc()), "[a-z0-9_]{0,16}"),
     )
         .prop_map(
             |(
                 (format_version, rcr_version, root_pid),
                 (kernel_release, kernel_version, machine, page_size),
                 (cpu, leave_running, taken_at_ns),
-                sysv,
+                (sysv, netlock),
             )| pb::Inventory {
                 format_version,
                 rcr_version,
@@ -406,6 +406,7 @@ pub fn inventory() -> impl Strategy<Value = pb::Inventory> {
                 taken_at_ns,
                 sysv,
                 cpu_profile: None,
+                netlock,
             },
         )
 }

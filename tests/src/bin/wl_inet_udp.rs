@@ -2,9 +2,14 @@
 //! - A at fd 20 and B at fd 21: bound to 127.0.0.1 (ephemeral ports) and
 //!   connected to each other, one datagram already exchanged each way;
 //!   A has SO_BROADCAST, B is O_NONBLOCK;
-//! - C at fd 22: bound to [::1] with IPV6_V6ONLY, not connected.
+//! - C at fd 22: bound to [::1] with IPV6_V6ONLY, not connected, with
+//!   two datagrams queued from two senders since closed;
+//! - D at fd 23: bound to 127.0.0.1, not connected, with three datagrams
+//!   queued: from A (still bound), from a sender since closed, and an
+//!   empty one from A.
 //!
-//! After the wake: addresses, peers, options and flags as built; A and B
+//! After the wake: addresses, peers, options and flags as built; C and D
+//! receive their queued datagrams in order, each from its sender; A and B
 //! exchange datagrams again (each seeing the other's address), and a new
 //! socket's datagram reaches C at its port.
 
@@ -18,9 +23,13 @@ use std::time::Duration;
 const A: i32 = 20;
 const B: i32 = 21;
 const C: i32 = 22;
+const D: i32 = 23;
 
-/// The addresses A, B and C got at build time.
-static BOUND: OnceLock<[SocketAddr; 3]> = OnceLock::new();
+/// The addresses A, B, C and D got at build time.
+static BOUND: OnceLock<[SocketAddr; 4]> = OnceLock::new();
+
+/// What C and D should find queued: (fd, data, sender).
+static QUEUED: OnceLock<Vec<(i32, Vec<u8>, SocketAddr)>> = OnceLock::new();
 
 fn bound(fd: i32, family: i32, addr: &str) -> Result<SocketAddr, String> {
     place(socket(family, libc::SOCK_DGRAM)?, fd, 0)?;
@@ -63,6 +72,7 @@ fn build(_: &Args) -> Result<(), String> {
     let a = bound(A, libc::AF_INET, "127.0.0.1:0")?;
     let b = bound(B, libc::AF_INET, "127.0.0.1:0")?;
     let c = bound(C, libc::AF_INET6, "[::1]:0")?;
+    let d = bound(D, libc::AF_INET, "127.0.0.1:0")?;
     view::<UdpSocket>(A).connect(b).map_err(|e| e.to_string())?;
     view::<UdpSocket>(B).connect(a).map_err(|e| e.to_string())?;
     set_opt(A, libc::SOL_SOCKET, libc::SO_BROADCAST, 1)?;
@@ -75,12 +85,44 @@ fn build(_: &Args) -> Result<(), String> {
     view::<UdpSocket>(B)
         .set_nonblocking(true)
         .map_err(|e| e.to_string())?;
-    BOUND.set([a, b, c]).expect("built once");
+    let queued = queue(c, d)?;
+    BOUND.set([a, b, c, d]).expect("built once");
+    QUEUED.set(queued).expect("built once");
     Ok(())
 }
 
+/// Sends the datagrams C and D keep queued across the checkpoint.
+fn queue(c: SocketAddr, d: SocketAddr) -> Result<Vec<(i32, Vec<u8>, SocketAddr)>, String> {
+    let fail = |e: std::io::Error| format!("queue a datagram: {e}");
+    let gone4 = UdpSocket::bind("127.0.0.1:0").map_err(fail)?;
+    let [gone6a, gone6b] = ["[::1]:0", "[::1]:0"].map(UdpSocket::bind);
+    let (gone6a, gone6b) = (gone6a.map_err(fail)?, gone6b.map_err(fail)?);
+    let from_a = view::<UdpSocket>(A);
+    let sends: [(&UdpSocket, SocketAddr, i32, &[u8]); 5] = [
+        (&gone6a, c, C, b"to C from one"),
+        (&gone6b, c, C, b"to C from another"),
+        (&from_a, d, D, b"to D from A"),
+        (&gone4, d, D, b"to D from a closed socket"),
+        (&from_a, d, D, b""),
+    ];
+    let mut queued = Vec::new();
+    for (from, to, fd, data) in sends {
+        from.send_to(data, to).map_err(fail)?;
+        queued.push((fd, data.to_vec(), from.local_addr().map_err(fail)?));
+    }
+    Ok(queued)
+}
+
 fn check(_: &Args, v: &mut Verdict) -> Result<(), String> {
-    let [a, b, c] = *BOUND.get().expect("built");
+    let [a, b, c, d] = *BOUND.get().expect("built");
+    for (i, (fd, data, from)) in QUEUED.get().expect("built").iter().enumerate() {
+        v.eq(
+            &format!("queued datagram {i} on fd {fd}"),
+            receive(*fd)?,
+            (data.clone(), *from),
+        );
+    }
+    v.eq("D address", local(D)?, d);
     v.eq("A address", local(A)?, a);
     v.eq("B address", local(B)?, b);
     v.eq("C address", local(C)?, c);
