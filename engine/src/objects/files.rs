@@ -9,12 +9,13 @@
 //! installs it at every number, and offset and flags keep moving together.
 
 use super::{
-    deleted, epoll, eventfd, inet_socket, inotify, memfd, pipe, signalfd, timerfd, unix_socket,
+    deleted, epoll, eventfd, inet_socket, inotify, memfd, pipe, shmem, signalfd, timerfd,
+    unix_socket,
 };
 use crate::error::{Error, Result};
 use crate::proc::fdinfo::{self, FdTarget};
 use rcr_images::pb::{self, file_entry::Kind};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -47,6 +48,9 @@ pub struct FileTableBuilder {
     /// Epoll registrations to find among every process's files: (pid, fd,
     /// (dev, ino) of the epoll, the registration).
     foreign: Vec<(i32, i32, (u64, u64), epoll::Foreign)>,
+    /// Shared anonymous memory objects, by shmem id, and their bytes in all.
+    shmem: BTreeMap<u64, pb::ShmemObject>,
+    shmem_bytes: u64,
 }
 
 /// An open file description already stored: a descriptor of it, and its id.
@@ -144,6 +148,28 @@ impl FileTableBuilder {
         Ok(id)
     }
 
+    /// Saves shared memory object `id` once, read through `pid`'s mapping
+    /// of it at `start..end`.
+    pub fn shmem_object(&mut self, pid: i32, start: u64, end: u64, id: u64) -> Result<()> {
+        if self.shmem.contains_key(&id) {
+            return Ok(());
+        }
+        let saved = shmem::dump(pid, start, end, id)?;
+        self.shmem_bytes += saved.data.iter().map(|d| d.data.len() as u64).sum::<u64>();
+        if self.shmem_bytes > shmem::MAX_TOTAL {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!(
+                    "the shared memory mapped at {start:#x}: more than {} bytes of shared \
+                     anonymous memory in the tree",
+                    shmem::MAX_TOTAL
+                ),
+            });
+        }
+        self.shmem.insert(id, saved);
+        Ok(())
+    }
+
     fn add(&mut self, kind: Kind) -> u32 {
         let id = self.entries.len() as u32 + 1;
         self.entries.push(pb::FileEntry {
@@ -208,6 +234,7 @@ impl FileTableBuilder {
             memfds: self.memfds.saved,
             deleted: self.deleted.saved,
             posix_shm: Vec::new(),
+            shmem: self.shmem.into_values().collect(),
         }
     }
 }

@@ -98,6 +98,9 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
     // SysV ids and the (32-bit) inodes of other shared memory share one
     // number space: keep a removed segment's apart.
     let shmem_id = if segment { m.inode | 1 << 32 } else { m.inode };
+    if kind == VmaKind::AnonShared && sysv_shmid.is_none() {
+        files.shmem_object(pid, m.start, m.end, shmem_id)?;
+    }
     Ok(pb::Vma {
         start: m.start,
         end: m.end,
@@ -148,8 +151,9 @@ fn map_name_text(name: &MapName) -> String {
 /// Which pages of a saved VMA live only in memory and must be dumped.
 pub fn scan_want(vma: &pb::Vma) -> Option<ScanWant> {
     match vma.kind() {
-        VmaKind::AnonShared if vma.sysv_shmid.is_some() => None,
-        VmaKind::AnonPrivate | VmaKind::AnonShared => Some(ScanWant::Anon),
+        // Shared memory is saved whole, as its object (shmem.rs).
+        VmaKind::AnonShared => None,
+        VmaKind::AnonPrivate => Some(ScanWant::Anon),
         VmaKind::FilePrivate => Some(ScanWant::PrivateFileCow),
         _ => None,
     }

@@ -74,7 +74,10 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
             .flat_map(|i| i.mm.vmas.iter()),
     )
     .into_iter()
-    .map(|(id, size)| Ok((id, shmem::create(size)?)))
+    .map(|(id, size)| {
+        let saved = c.files.shmem.iter().find(|s| s.id == id);
+        Ok((id, shmem::restore(size, saved)?))
+    })
     .collect::<Result<BTreeMap<u64, OwnedFd>>>()?;
     let sysv = sysv::restore(&c.inventory.sysv.clone().unwrap_or_default())?;
 
