@@ -19,8 +19,28 @@ fn shared_anonymous_pages_no_process_touched_survive() {
 }
 
 #[test]
+fn memfd_mapped_without_a_descriptor_survives() {
+    twice("shmap-memfd", &["memfd"]);
+}
+
+#[test]
+fn memfd_mapped_and_held_by_a_descriptor_survives() {
+    twice("shmap-memfd-fd", &["memfd", "fd"]);
+}
+
+#[test]
+fn deleted_file_mapped_and_held_by_a_descriptor_survives() {
+    twice("shmap-deleted-fd", &["deleted", "fd"]);
+}
+
+#[test]
+fn deleted_file_mapped_without_a_descriptor_survives() {
+    twice("shmap-deleted", &["deleted"]);
+}
+
+#[test]
 fn shmap_workload_checks_itself() {
-    for params in [&["anon"][..]] {
+    for params in [&["anon"][..], &["memfd"], &["deleted", "fd"]] {
         let dir = TestDir::new(&format!("shmap-plain-{}", params.join("-")));
         let mut w = Workload::spawn(&dir, Path::new(WL), &[], params);
         w.wait_ready();

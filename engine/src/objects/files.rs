@@ -33,6 +33,8 @@ const KCMP_FILE: libc::c_int = 0;
 pub struct FileTableBuilder {
     entries: Vec<pb::FileEntry>,
     mapped: HashMap<(PathBuf, bool), u32>,
+    /// Memfds and deleted files that VMAs map, by (dev, ino, writable).
+    mapped_inodes: HashMap<(u64, u64, bool), u32>,
     /// Pipes and memfds, each stored once, by their (device, inode).
     pipes: Inodes<pb::Pipe>,
     memfds: Inodes<pb::MemFd>,
@@ -124,6 +126,52 @@ impl<'a, T> Made<'a, T> {
     }
 }
 
+/// The memfds and deleted files of a restore, each made once and shared
+/// by the descriptors and the mappings that refer to it.
+pub struct MadeFiles<'a> {
+    table: &'a pb::FileTable,
+    memfds: Made<'a, pb::MemFd>,
+    deleted: Made<'a, pb::DeletedFile>,
+}
+
+impl<'a> MadeFiles<'a> {
+    pub fn new(table: &'a pb::FileTable) -> Self {
+        MadeFiles {
+            table,
+            memfds: Made::new(&table.memfds, |m| m.id, memfd::make_memfd),
+            deleted: Made::new(&table.deleted, |d| d.id, deleted::make_deleted),
+        }
+    }
+
+    /// A new descriptor of file `id` that a VMA maps: a saved path, opened
+    /// again (a private mapping's file checked unchanged), or a memfd or
+    /// deleted file made here.
+    pub fn open_mapped(&mut self, id: u32, private: bool) -> Result<OwnedFd> {
+        match file_by_id(self.table, id) {
+            Some(Kind::Reg(reg)) => {
+                let fd = open_saved(reg)?;
+                if private {
+                    check_unchanged(reg, &fd)?;
+                }
+                Ok(fd)
+            }
+            Some(Kind::Memfd(m)) => reopen(self.memfds.get(m.memfd_id)?, m.flags),
+            Some(Kind::Deleted(d)) => reopen(self.deleted.get(d.deleted_id)?, d.flags),
+            _ => Err(Error::Preflight(format!(
+                "a VMA maps file {id}, which is not a mappable file"
+            ))),
+        }
+    }
+}
+
+/// Whether file `id` is of a kind a VMA can map.
+pub fn mappable(table: &pb::FileTable, id: u32) -> bool {
+    matches!(
+        file_by_id(table, id),
+        Some(Kind::Reg(_) | Kind::Memfd(_) | Kind::Deleted(_))
+    )
+}
+
 impl FileTableBuilder {
     /// The id of a file that a VMA maps, opened read-write when the mapping
     /// may write to it.
@@ -145,6 +193,72 @@ impl FileTableBuilder {
         };
         let id = self.add(Kind::Reg(reg_file(path, flags as u32, 0, &meta)));
         self.mapped.insert((path.to_path_buf(), writable), id);
+        Ok(id)
+    }
+
+    /// The id of the memfd or deleted regular file (last at `path`) that
+    /// `pid` maps at `start..end`, opened read-write when the mapping may
+    /// write to it. The object is read through the mapping, so a process
+    /// need not hold a descriptor of it, and stored once per inode with the
+    /// descriptors that open it.
+    pub fn mapped_unlinked(
+        &mut self,
+        pid: i32,
+        (start, end): (u64, u64),
+        path: &str,
+        writable: bool,
+    ) -> Result<u32> {
+        let (file, proc_path) = shmem::open_task_mapping(pid, start, end)?;
+        let meta = file.metadata().map_err(|e| Error::io(&proc_path, e))?;
+        let key = (meta.dev(), meta.ino(), writable);
+        if let Some(id) = self.mapped_inodes.get(&key) {
+            return Ok(*id);
+        }
+        let flags = if writable {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        } as u32;
+        let kind = match memfd::name_of(path) {
+            Some(name) => {
+                let memfd_id = self.memfds.id(&meta, |id| {
+                    memfd::read_memfd(pid, &file, &proc_path, id, name)
+                })?;
+                let seals = self.memfds.saved[memfd_id as usize - 1].seals as i32;
+                if writable && seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) != 0 {
+                    return Err(Error::Unsupported {
+                        pid,
+                        what: format!(
+                            "the writable shared mapping at {start:#x} of memfd {name:?}, \
+                             sealed against writes since"
+                        ),
+                    });
+                }
+                Kind::Memfd(pb::MemFdFile {
+                    memfd_id,
+                    flags,
+                    pos: 0,
+                })
+            }
+            None if meta.file_type().is_file() => Kind::Deleted(pb::DeletedOpen {
+                deleted_id: self.deleted.id(&meta, |id| {
+                    deleted::read_deleted(pid, &file, &proc_path, id, Path::new(path))
+                })?,
+                flags,
+                pos: 0,
+            }),
+            None => {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!(
+                        "the mapping at {start:#x} of the deleted file {path}, which is not \
+                         a regular file"
+                    ),
+                })
+            }
+        };
+        let id = self.add(kind);
+        self.mapped_inodes.insert(key, id);
         Ok(id)
     }
 
@@ -548,10 +662,9 @@ fn find_stored(bucket: &[Stored], pid: i32, fd: i32) -> Result<std::result::Resu
 pub fn open_task_files<'a>(
     table: &'a pb::FileTable,
     tasks: &[&'a [pb::Fd]],
+    made: &mut MadeFiles<'a>,
 ) -> Result<Vec<(u32, OwnedFd)>> {
     let mut pipes = Made::new(&table.pipes, |p| p.id, pipe::make_pipe);
-    let mut memfds = Made::new(&table.memfds, |m| m.id, memfd::make_memfd);
-    let mut deleted = Made::new(&table.deleted, |d| d.id, deleted::make_deleted);
     let mut sockets = unix_socket::Made::default();
     let mut opened: Vec<(u32, OwnedFd)> = Vec::new();
     let mut epolls: Vec<epoll::ToMake> = Vec::new();
@@ -561,8 +674,7 @@ pub fn open_task_files<'a>(
             table,
             fds,
             &mut pipes,
-            &mut memfds,
-            &mut deleted,
+            made,
             &mut sockets,
             &mut opened,
             &mut epolls,
@@ -584,8 +696,7 @@ fn open_one_task<'a>(
     table: &'a pb::FileTable,
     fds: &'a [pb::Fd],
     pipes: &mut Made<'a, pb::Pipe>,
-    memfds: &mut Made<'a, pb::MemFd>,
-    deleted: &mut Made<'a, pb::DeletedFile>,
+    made: &mut MadeFiles<'a>,
     sockets: &mut unix_socket::Made,
     opened: &mut Vec<(u32, OwnedFd)>,
     epolls: &mut Vec<epoll::ToMake<'a>>,
@@ -603,8 +714,8 @@ fn open_one_task<'a>(
             Kind::Signalfd(s) => signalfd::restore_signalfd(s)?,
             Kind::Timerfd(t) => timerfd::restore_timerfd(t)?,
             Kind::Inotify(i) => inotify::restore_inotify(i)?,
-            Kind::Memfd(m) => reopen_at(memfds.get(m.memfd_id)?, m.flags, m.pos)?,
-            Kind::Deleted(d) => reopen_at(deleted.get(d.deleted_id)?, d.flags, d.pos)?,
+            Kind::Memfd(m) => reopen_at(made.memfds.get(m.memfd_id)?, m.flags, m.pos)?,
+            Kind::Deleted(d) => reopen_at(made.deleted.get(d.deleted_id)?, d.flags, d.pos)?,
             Kind::Unix(_) => sockets.take(table, fd.file_id)?,
             Kind::Inet(s) => inet_socket::restore(s)?,
             Kind::Epoll(e) => {

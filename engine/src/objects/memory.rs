@@ -67,21 +67,16 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
         } => {
             let maywrite = has("mw");
             let id = files.mapped_file(pid, Path::new(path), m.shared && maywrite)?;
-            let kind = if m.shared {
-                VmaKind::FileShared
-            } else {
-                VmaKind::FilePrivate
-            };
-            (kind, id)
+            (file_kind(m.shared), id)
         }
+        // A memfd, or a regular file unlinked since it was mapped.
         MapName::Path {
             path,
             deleted: true,
         } => {
-            return Err(Error::Unsupported {
-                pid,
-                what: format!("the mapping at {:#x} of the deleted file {path}", m.start),
-            })
+            let writable = m.shared && has("mw");
+            let id = files.mapped_unlinked(pid, (m.start, m.end), path, writable)?;
+            (file_kind(m.shared), id)
         }
         MapName::Other(name) => {
             return Err(Error::Unsupported {
@@ -118,6 +113,14 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
             0
         },
     })
+}
+
+fn file_kind(shared: bool) -> VmaKind {
+    if shared {
+        VmaKind::FileShared
+    } else {
+        VmaKind::FilePrivate
+    }
 }
 
 fn anon_kind(shared: bool) -> (VmaKind, u32) {

@@ -216,4 +216,42 @@ mod tests {
             libc::munmap(b, len);
         }
     }
+
+    #[test]
+    fn dump_saves_written_pages_only_and_restore_gives_them_back() {
+        let len = 0x5000;
+        // SAFETY: a fresh shared mapping of our own, unmapped below.
+        let a = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(a, libc::MAP_FAILED);
+        // SAFETY: writes inside the mapping made above.
+        unsafe {
+            *(a as *mut u8).add(0x10) = 1;
+            *(a as *mut u8).add(0x3ff0) = 3;
+        }
+        let start = a as u64;
+        let saved = dump(std::process::id() as i32, start, start + len as u64, 7).unwrap();
+        // SAFETY: unmaps exactly the mapping made above.
+        unsafe { libc::munmap(a, len) };
+        assert_eq!(saved.size, len as u64);
+        let runs: Vec<(u64, usize)> = saved
+            .data
+            .iter()
+            .map(|d| (d.offset, d.data.len()))
+            .collect();
+        assert_eq!(runs, [(0, 0x1000), (0x3000, 0x1000)]);
+        let file = File::from(restore(0x2000, Some(&saved)).unwrap());
+        assert_eq!(file.metadata().unwrap().len(), len as u64);
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, 0x3ff0).unwrap();
+        assert_eq!(byte, [3]);
+    }
 }
