@@ -295,8 +295,14 @@ impl FileTableBuilder {
 
     /// Refuses a unix socket connected outside the tree, or whose queue
     /// cannot be sent again, once every process's sockets are stored.
-    pub fn check_unix_sockets(&self) -> Result<()> {
-        self.unix.check(&self.entries)
+    pub fn check_unix_sockets(&mut self) -> Result<()> {
+        self.unix.check(&mut self.entries)
+    }
+
+    /// Keeps unix sockets connected outside the tree, to be connected to
+    /// their peer's name again at restore (`--external-unix`).
+    pub fn external_unix(&mut self) {
+        self.unix.external = true;
     }
 
     /// Takes established TCP connections in repair mode from now on.

@@ -20,8 +20,15 @@
 //! the socket's peer (or, for a bound datagram socket, from a throwaway
 //! socket to its name), before options and shutdown are set back.
 //!
-//! Refused at dump, by name: other families, a peer outside the checkpoint,
-//! connections not yet accepted, descriptors in flight (SCM_RIGHTS), names
+//! A socket connected to a peer outside the checkpoint is refused unless
+//! asked for (`--external-unix`): then the peer's name is saved and restore
+//! connects to it again, a datagram socket to the same receiver, a stream
+//! or seqpacket socket as a new connection to the same listener (what the
+//! old peer had sent and the socket not read is lost, which restore warns
+//! about); a peer without a name is refused.
+//!
+//! Refused at dump, by name: other families, a peer outside the checkpoint
+//! (unless asked for, and named), connections not yet accepted, descriptors in flight (SCM_RIGHTS), names
 //! relative to a directory, queued data that no socket of the checkpoint
 //! could send again.
 
@@ -29,7 +36,7 @@ use super::files::{check, owned, restore_err};
 use crate::error::{Error, Result};
 use crate::proc::unix_diag::{self, UnixDiag, STATE_CONNECTED, STATE_LISTEN};
 use rcr_images::pb::{self, file_entry::Kind};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -150,6 +157,9 @@ pub struct Collected {
     /// Each stored socket by inode: its file id and the first (pid, fd)
     /// that holds it.
     stored: HashMap<u64, (u32, i32, i32)>,
+    /// Connect sockets whose peer is outside the tree again at restore,
+    /// by the peer's name, instead of refusing them.
+    pub external: bool,
 }
 
 impl Collected {
@@ -264,32 +274,52 @@ impl Collected {
     }
 
     /// Refuses, naming the holder, a socket whose peer is outside the
-    /// checkpoint or whose queue cannot be sent again.
-    pub fn check(&self, files: &[pb::FileEntry]) -> Result<()> {
-        let sockets = sockets_of(files);
+    /// checkpoint (unless [`Collected::external`], then notes the peer's
+    /// name) or whose queue cannot be sent again.
+    pub fn check(&self, files: &mut [pb::FileEntry]) -> Result<()> {
         let holder = |ino: u64| self.stored.get(&ino).map_or((0, -1), |s| (s.1, s.2));
-        for (_, s) in &sockets {
-            if s.peer_ino != 0 && !sockets.iter().any(|(_, p)| p.ino == s.peer_ino) {
-                let (pid, fd) = holder(s.ino);
-                let peer = self
-                    .diag
-                    .as_ref()
-                    .and_then(|all| all.get(&(s.peer_ino as u32)))
-                    .and_then(|p| p.name.as_deref())
-                    .map(show_name)
-                    .unwrap_or_else(|| "unnamed".into());
-                return Err(Error::UnsupportedFd {
-                    pid,
-                    fd,
-                    kind: format!("a unix {} socket", type_name(s.r#type)),
-                    target: format!(
-                        "connected to socket:[{}], {peer}, outside the checkpointed tree",
-                        s.peer_ino
-                    ),
-                });
+        let inos: HashSet<u64> = sockets_of(files).iter().map(|(_, s)| s.ino).collect();
+        for f in files.iter_mut() {
+            let Some(Kind::Unix(s)) = &mut f.kind else {
+                continue;
+            };
+            if s.peer_ino == 0 || inos.contains(&s.peer_ino) {
+                continue;
             }
+            let name = self
+                .diag
+                .as_ref()
+                .and_then(|all| all.get(&(s.peer_ino as u32)))
+                .and_then(|p| p.name.clone())
+                .map(|mut name| {
+                    while is_path(&name) && name.last() == Some(&0) {
+                        name.pop();
+                    }
+                    name
+                });
+            let (pid, fd) = holder(s.ino);
+            let shown = name.as_deref().map_or("unnamed".into(), show_name);
+            let why = match &name {
+                Some(name) if self.external => {
+                    s.external_peer = name.clone();
+                    continue;
+                }
+                Some(_) => {
+                    "; dump with --external-unix to connect it to that name again at restore"
+                }
+                None => ", which has no name to connect to again",
+            };
+            return Err(Error::UnsupportedFd {
+                pid,
+                fd,
+                kind: format!("a unix {} socket", type_name(s.r#type)),
+                target: format!(
+                    "connected to socket:[{}], {shown}, outside the checkpointed tree{why}",
+                    s.peer_ino
+                ),
+            });
         }
-        if let Err((ino, what)) = plan(&sockets) {
+        if let Err((ino, what)) = plan(&sockets_of(files)) {
             let (pid, fd) = holder(ino);
             return Err(Error::Unsupported {
                 pid,
@@ -424,6 +454,9 @@ enum Make {
     PeerClosed,
     /// A socket of its own; a queue is sent to its name.
     Alone,
+    /// A socket of its own connected to its peer's name outside the tree;
+    /// a datagram queue is sent to its name, a stream's is lost.
+    External,
 }
 
 /// How each socket is made. Fails with the inode and why for a queue no
@@ -442,9 +475,15 @@ fn plan(sockets: &[(u32, &pb::UnixSocket)]) -> std::result::Result<Vec<Make>, (u
             let make = match peer {
                 Some(j) if sockets[j].1.peer_ino == s.ino => Make::Pair(j),
                 None if s.peer_closed => Make::PeerClosed,
+                None if !s.external_peer.is_empty() => Make::External,
                 _ => Make::Alone,
             };
-            let sendable = make != Make::Alone || (s.r#type == libc::SOCK_DGRAM as u32 && binds(s));
+            let datagram = s.r#type == libc::SOCK_DGRAM as u32;
+            let sendable = match make {
+                Make::Alone => datagram && binds(s),
+                Make::External => !datagram || binds(s),
+                _ => true,
+            };
             if !s.queue.is_empty() && !sendable {
                 return Err((
                     s.ino,
@@ -626,7 +665,7 @@ pub fn make_all(table: &pb::FileTable) -> Result<HashMap<u32, OwnedFd>> {
                 fds[i] = Some(a);
                 closing.insert(i, b);
             }
-            Make::Alone => fds[i] = Some(new_socket(s.r#type)?),
+            Make::Alone | Make::External => fds[i] = Some(new_socket(s.r#type)?),
         }
     }
     let fds: Vec<OwnedFd> = fds
@@ -650,6 +689,8 @@ pub fn make_all(table: &pb::FileTable) -> Result<HashMap<u32, OwnedFd>> {
         match (plan[i], closing.get(&i)) {
             (Make::Pair(j), _) => send_queue(&fds[j], None, s.r#type, &s.queue)?,
             (_, Some(spare)) => send_queue(spare, None, s.r#type, &s.queue)?,
+            // A new connection: what the old peer had sent is gone.
+            (Make::External, _) if s.r#type != libc::SOCK_DGRAM as u32 => {}
             _ if !s.queue.is_empty() => {
                 send_queue(&new_socket(s.r#type)?, Some(&s.name), s.r#type, &s.queue)?
             }
@@ -666,11 +707,64 @@ pub fn make_all(table: &pb::FileTable) -> Result<HashMap<u32, OwnedFd>> {
         if let (Make::Alone, Some(&j)) = (plan[i], index.get(&s.peer_ino)) {
             connect(&fds[i], &sockets[j].1.name)?;
         }
+        if plan[i] == Make::External {
+            // Without waiting: a listener outside whose backlog is full
+            // fails the restore rather than holding it.
+            set_nonblocking(&fds[i])?;
+            connect(&fds[i], &s.external_peer)?;
+        }
     }
     for (fd, (_, s)) in fds.iter().zip(&sockets) {
         finish(fd, s)?;
     }
     Ok(sockets.iter().map(|(id, _)| *id).zip(fds).collect())
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
+    // SAFETY: fcntl on our own descriptor.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    check(ret as i64, "setting a unix socket's flags")?;
+    Ok(())
+}
+
+/// Restore side: refuses a checkpoint with sockets connected outside the
+/// tree unless `external` (`--external-unix`) allows connecting them again;
+/// warns, naming pid and fd, of each stream or seqpacket socket that gets a
+/// new connection. `fds` are each process's descriptors.
+pub fn check_external<'a>(
+    table: &pb::FileTable,
+    fds: impl Iterator<Item = (i32, &'a [pb::Fd])>,
+    external: bool,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let outside: HashMap<u32, &pb::UnixSocket> = sockets_of(&table.files)
+        .into_iter()
+        .filter(|(_, s)| !s.external_peer.is_empty())
+        .collect();
+    let mut seen = HashSet::new();
+    for (pid, fd) in fds.flat_map(|(pid, fds)| fds.iter().map(move |f| (pid, f))) {
+        let Some(s) = outside.get(&fd.file_id) else {
+            continue;
+        };
+        let peer = show_name(&s.external_peer);
+        if !external {
+            return Err(Error::Preflight(format!(
+                "process {pid}: fd {} is a unix socket connected to {peer} outside the tree; \
+                 restore with --external-unix to connect it there again",
+                fd.fd
+            )));
+        }
+        if s.r#type != libc::SOCK_DGRAM as u32 && seen.insert(fd.file_id) {
+            let lost: usize = s.queue.iter().map(Vec::len).sum();
+            warnings.push(format!(
+                "process {pid}: fd {} (unix {} socket) is a new connection to {peer}; \
+                 what the old peer had sent and it had not read ({lost} bytes) is lost",
+                fd.fd,
+                type_name(s.r#type)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// SO_SNDBUF and SO_RCVBUF, as saved (the kernel doubles what it is given;
@@ -803,6 +897,14 @@ mod tests {
         assert_eq!(plan(&[(6, &lonely)]).unwrap_err().0, 6);
         let to_unnamed = sock(7, 5, STATE_CONNECTED, libc::SOCK_DGRAM);
         assert_eq!(plan(&[(5, &client), (7, &to_unnamed)]).unwrap_err().0, 7);
+        // Connected outside: a stream's queue is dropped, an unbound
+        // datagram socket's cannot be sent again.
+        let mut outside = sock(8, 99, STATE_CONNECTED, libc::SOCK_STREAM);
+        outside.external_peer = b"/run/listener".to_vec();
+        outside.queue = vec![b"lost".to_vec()];
+        assert_eq!(plan(&[(8, &outside)]).unwrap(), vec![Make::External]);
+        outside.r#type = libc::SOCK_DGRAM as u32;
+        assert_eq!(plan(&[(8, &outside)]).unwrap_err().0, 8);
     }
 
     #[test]
