@@ -17,8 +17,9 @@
 //! otherwise, bound to its name (a stale socket file nobody listens on is
 //! removed first), listening with its backlog, a datagram socket connected
 //! to the bound socket it was connected to. Each queue is sent again from
-//! the socket's peer (or, for a bound datagram socket, from a throwaway
-//! socket to its name), before options and shutdown are set back.
+//! the socket's peer (or, for a bound datagram socket, to its name from a
+//! socket with each datagram's sender name: the tree's own, or a throwaway
+//! bound to it), before options and shutdown are set back.
 //!
 //! A socket connected to a peer outside the checkpoint is refused unless
 //! asked for (`--external-unix`): then the peer's name is saved and restore
@@ -79,6 +80,15 @@ fn show_name(name: &[u8]) -> String {
 
 fn is_path(name: &[u8]) -> bool {
     name.first().is_some_and(|&c| c != 0)
+}
+
+/// A name without the NULs that may pad a path name (an abstract name's
+/// bytes all count).
+fn trimmed(mut name: Vec<u8>) -> Vec<u8> {
+    while is_path(&name) && name.last() == Some(&0) {
+        name.pop();
+    }
+    name
 }
 
 /// Whether restore binds the socket to its saved name. An accepted
@@ -230,12 +240,7 @@ impl Collected {
             ..Default::default()
         };
         if let Some(name) = &d.name {
-            s.name = name.clone();
-            if is_path(name) {
-                while s.name.last() == Some(&0) {
-                    s.name.pop();
-                }
-            }
+            s.name = trimmed(name.clone());
         }
         if binds(&s) && is_path(&s.name) {
             let path = Path::new(std::ffi::OsStr::from_bytes(&s.name));
@@ -268,7 +273,8 @@ impl Collected {
         s.passcred = opt(libc::SO_PASSCRED, "getsockopt(SO_PASSCRED)")? != 0;
         s.peek_off = opt(libc::SO_PEEK_OFF, "getsockopt(SO_PEEK_OFF)")?;
         if d.state != STATE_LISTEN {
-            s.queue = peek_queue(sock, s.r#type as i32, s.peek_off).map_err(refuse)?;
+            (s.queue, s.queue_senders) =
+                peek_queue(sock, s.r#type as i32, s.peek_off).map_err(refuse)?;
         }
         Ok(s)
     }
@@ -291,12 +297,7 @@ impl Collected {
                 .as_ref()
                 .and_then(|all| all.get(&(s.peer_ino as u32)))
                 .and_then(|p| p.name.clone())
-                .map(|mut name| {
-                    while is_path(&name) && name.last() == Some(&0) {
-                        name.pop();
-                    }
-                    name
-                });
+                .map(trimmed);
             let (pid, fd) = holder(s.ino);
             let shown = name.as_deref().map_or("unnamed".into(), show_name);
             let why = match &name {
@@ -330,13 +331,14 @@ impl Collected {
     }
 }
 
+/// A receive queue: the messages (a stream's bytes as one), and for
+/// datagrams the name each came from (empty when unnamed; no entry at all
+/// when none is named).
+type Queue = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// Reads the receive queue of `sock` without consuming it, then puts the
 /// socket's peek offset back to `peek_off`.
-fn peek_queue(
-    sock: &OwnedFd,
-    kind: i32,
-    peek_off: i32,
-) -> std::result::Result<Vec<Vec<u8>>, String> {
+fn peek_queue(sock: &OwnedFd, kind: i32, peek_off: i32) -> std::result::Result<Queue, String> {
     let set_off = |off: i32| {
         set_opt(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off)
             .map_err(|e| format!("whose SO_PEEK_OFF cannot be set ({e})"))
@@ -351,13 +353,20 @@ fn peek_all(
     sock: &OwnedFd,
     kind: i32,
     set_off: &dyn Fn(i32) -> std::result::Result<(), String>,
-) -> std::result::Result<Vec<Vec<u8>>, String> {
+) -> std::result::Result<Queue, String> {
     let mut queue: Vec<Vec<u8>> = Vec::new();
+    let mut senders: Vec<Vec<u8>> = Vec::new();
     let mut buf = vec![0u8; PEEK_BUF];
     let mut offset = 0usize;
+    let done = |queue, senders: Vec<Vec<u8>>| {
+        let named = senders.iter().any(|s| !s.is_empty());
+        Ok((queue, if named { senders } else { Vec::new() }))
+    };
     loop {
-        let (n, flags) = peek_once(sock, &mut buf)?;
-        let Some(n) = n else { return Ok(queue) };
+        let (n, flags, sender) = peek_once(sock, &mut buf)?;
+        let Some(n) = n else {
+            return done(queue, senders);
+        };
         if flags & libc::MSG_TRUNC != 0 {
             // A datagram larger than the buffer: read it again whole.
             set_off(offset as i32)?;
@@ -366,7 +375,7 @@ fn peek_all(
         }
         if kind == libc::SOCK_STREAM {
             if n == 0 {
-                return Ok(queue);
+                return done(queue, senders);
             }
             match queue.first_mut() {
                 Some(q) => q.extend_from_slice(&buf[..n]),
@@ -374,15 +383,19 @@ fn peek_all(
             }
         } else {
             queue.push(buf[..n].to_vec());
+            senders.push(sender);
         }
         offset += n;
     }
 }
 
 /// One `MSG_PEEK` at the socket's peek offset: the bytes read (None when
-/// nothing more is queued) and the message flags. Descriptors in flight
-/// are refused (the copies the peek made are closed).
-fn peek_once(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(Option<usize>, i32), String> {
+/// nothing more is queued), the message flags and the sender's name.
+/// Descriptors in flight are refused (the copies the peek made are closed).
+fn peek_once(
+    sock: &OwnedFd,
+    buf: &mut [u8],
+) -> std::result::Result<(Option<usize>, i32, Vec<u8>), String> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -391,6 +404,10 @@ fn peek_once(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(Option<usiz
     // SAFETY: a zeroed msghdr is valid; its pointers are set just below to
     // buffers that outlive the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // SAFETY: a zeroed sockaddr_un is valid.
+    let mut from: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_un).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cmsg.as_mut_ptr().cast();
@@ -406,7 +423,7 @@ fn peek_once(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(Option<usiz
     if n < 0 {
         let e = std::io::Error::last_os_error();
         return match e.raw_os_error() {
-            Some(libc::EAGAIN) => Ok((None, 0)),
+            Some(libc::EAGAIN) => Ok((None, 0, Vec::new())),
             _ => Err(format!("whose queue cannot be read ({e})")),
         };
     }
@@ -431,7 +448,12 @@ fn peek_once(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(Option<usiz
             "with file descriptors in flight (SCM_RIGHTS, {rights} or more) in its queue"
         ));
     }
-    Ok((Some(n as usize), msg.msg_flags))
+    let len = (msg.msg_namelen as usize).saturating_sub(std::mem::size_of::<libc::sa_family_t>());
+    let sender = from.sun_path[..len.min(from.sun_path.len())]
+        .iter()
+        .map(|&c| c as u8)
+        .collect();
+    Ok((Some(n as usize), msg.msg_flags, trimmed(sender)))
 }
 
 /// The unix sockets of a table, with their file ids, by id.
@@ -644,6 +666,43 @@ fn send_queue(from: &OwnedFd, to: Option<&[u8]>, kind: u32, queue: &[Vec<u8>]) -
     Ok(())
 }
 
+/// Sends bound socket `s`'s queue again to its name, each datagram from a
+/// socket with the name its sender had: the checkpoint's socket bound to
+/// it, else a throwaway socket bound to it (refused when a live socket
+/// holds that name), else an unnamed one.
+fn send_to_name(
+    s: &pb::UnixSocket,
+    fds: &[OwnedFd],
+    sockets: &[(u32, &pb::UnixSocket)],
+) -> Result<()> {
+    let mut throwaways: HashMap<&[u8], OwnedFd> = HashMap::new();
+    let unnamed: &[u8] = &[];
+    throwaways.insert(unnamed, new_socket(s.r#type)?);
+    for (i, msg) in s.queue.iter().enumerate() {
+        let sender = s.queue_senders.get(i).map_or(unnamed, Vec::as_slice);
+        let ours = sockets.iter().position(|(_, o)| {
+            binds(o) && o.r#type == s.r#type && o.name == sender && !sender.is_empty()
+        });
+        let from = match ours {
+            Some(k) => &fds[k],
+            None => {
+                if !throwaways.contains_key(sender) {
+                    let t = new_socket(s.r#type)?;
+                    bind(&t, s.r#type, sender)?;
+                    throwaways.insert(sender, t);
+                }
+                &throwaways[sender]
+            }
+        };
+        send_queue(from, Some(&s.name), s.r#type, std::slice::from_ref(msg))?;
+    }
+    for name in throwaways.keys().filter(|n| is_path(n)) {
+        let path = Path::new(std::ffi::OsStr::from_bytes(name));
+        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
 /// Makes every unix socket of `table`, connected, bound and listening as
 /// saved, with its queue and options: rcr's descriptor for each, by file id.
 pub fn make_all(table: &pb::FileTable) -> Result<HashMap<u32, OwnedFd>> {
@@ -691,9 +750,7 @@ pub fn make_all(table: &pb::FileTable) -> Result<HashMap<u32, OwnedFd>> {
             (_, Some(spare)) => send_queue(spare, None, s.r#type, &s.queue)?,
             // A new connection: what the old peer had sent is gone.
             (Make::External, _) if s.r#type != libc::SOCK_DGRAM as u32 => {}
-            _ if !s.queue.is_empty() => {
-                send_queue(&new_socket(s.r#type)?, Some(&s.name), s.r#type, &s.queue)?
-            }
+            _ if !s.queue.is_empty() => send_to_name(s, &fds, &sockets)?,
             _ => {}
         }
     }
@@ -925,7 +982,8 @@ mod tests {
             for m in [&b"one"[..], b"", b"three"] {
                 send_queue(&a, None, kind as u32, &[m.to_vec()]).unwrap();
             }
-            let got = peek_queue(&b, kind, -1).unwrap();
+            let (got, senders) = peek_queue(&b, kind, -1).unwrap();
+            assert!(senders.is_empty(), "a socketpair's peer is unnamed");
             let want: Vec<Vec<u8>> = if kind == libc::SOCK_STREAM {
                 vec![b"onethree".to_vec()]
             } else {
