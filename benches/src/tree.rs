@@ -271,6 +271,7 @@ pub fn round_trip_tcp(
         dir: dir.to_path_buf(),
         leave_running: false,
         tcp_established,
+        external_unix: false,
     })
     .unwrap_or_else(|e| panic!("dump {args:?}: {e}"));
     let dump_s = t.elapsed().as_secs_f64();

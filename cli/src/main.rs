@@ -34,6 +34,11 @@ enum Command {
         /// in the tree, or a peer that stays quiet until the restore).
         #[arg(long)]
         tcp_established: bool,
+        /// Keep unix sockets connected to a named peer outside the tree
+        /// (a listener, a datagram receiver like /dev/log): restore connects
+        /// them to that name again.
+        #[arg(long)]
+        external_unix: bool,
         /// Print what the dump did as JSON on stdout.
         #[arg(long)]
         stats: bool,
@@ -46,6 +51,10 @@ enum Command {
         /// Print what the restore did as JSON on stderr.
         #[arg(long)]
         stats: bool,
+        /// Connect unix sockets dumped with --external-unix to their peer's
+        /// name again (a stream socket gets a new connection).
+        #[arg(long)]
+        external_unix: bool,
         /// How saved pids are given back: auto (set_tid, else ns_last_pid,
         /// else spin), or only set_tid, ns_last_pid or spin.
         #[arg(long, value_name = "HOW", default_value = "auto", value_parser = parse_pids)]
@@ -139,6 +148,7 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
             dir,
             leave_running,
             tcp_established,
+            external_unix,
             stats,
         } => {
             let s = rcr_engine::dump(&rcr_engine::DumpOptions {
@@ -146,6 +156,7 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
                 dir,
                 leave_running,
                 tcp_established,
+                external_unix,
             })?;
             if stats {
                 println!("{}", serde_json::to_string(&s).expect("stats serialize"));
@@ -158,6 +169,7 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
             cpu_profile,
             cpu_profile_mode,
             pids,
+            external_unix,
         } => {
             let cpu_profile = cpu_profile
                 .map(|p| rcr_engine::cpu::CpuProfile::parse(&p))
@@ -168,6 +180,7 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
                 pids,
                 cpu_check,
                 cpu_profile,
+                external_unix,
             })?;
             for w in &s.warnings {
                 eprintln!("rcr: warning: {w}");

@@ -500,6 +500,7 @@ fn dump_into(
         dir: fresh.clone(),
         leave_running,
         tcp_established: false,
+        external_unix: false,
     })?;
     if profile.is_some() {
         let path = rcr_images::ImageDir::new(&fresh).inventory();

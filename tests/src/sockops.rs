@@ -90,6 +90,46 @@ pub fn recv_now(fd: i32, len: usize) -> Result<Option<Vec<u8>>, String> {
     Ok(Some(buf))
 }
 
+/// A datagram and its sender's name (empty when unnamed).
+pub type Datagram = (Vec<u8>, Vec<u8>);
+
+/// One recvfrom(2) of up to `len` bytes without waiting, or None when
+/// nothing is queued.
+pub fn recv_from_now(fd: i32, len: usize) -> Result<Option<Datagram>, String> {
+    let mut buf = vec![0u8; len];
+    // SAFETY: a zeroed sockaddr_un is valid; recvfrom fills it.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut alen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: receives into a buffer of `len` bytes and an address we own.
+    let n = unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            len,
+            libc::MSG_DONTWAIT,
+            (&mut a as *mut libc::sockaddr_un).cast(),
+            &mut alen,
+        )
+    };
+    if n < 0 && crate::workload::last_err().raw_os_error() == Some(libc::EAGAIN) {
+        return Ok(None);
+    }
+    buf.truncate(sys(n as i64, &format!("recvfrom fd {fd}"))? as usize);
+    Ok(Some((buf, name_of(&a, alen))))
+}
+
+/// The name in an address the kernel filled in, `len` bytes of it.
+fn name_of(a: &libc::sockaddr_un, len: libc::socklen_t) -> Vec<u8> {
+    let n = (len as usize).saturating_sub(2);
+    let mut name: Vec<u8> = a.sun_path[..n].iter().map(|&c| c as u8).collect();
+    if name.first().is_some_and(|&c| c != 0) {
+        while name.last() == Some(&0) {
+            name.pop();
+        }
+    }
+    name
+}
+
 /// An int socket option.
 pub fn get_opt(fd: i32, name: i32) -> Result<i32, String> {
     let mut v: libc::c_int = 0;
@@ -131,12 +171,5 @@ pub fn local_name(fd: i32) -> Result<Vec<u8>, String> {
     // SAFETY: as above, with its size.
     let rc = unsafe { libc::getsockname(fd, (&mut a as *mut libc::sockaddr_un).cast(), &mut len) };
     sys(rc as i64, &format!("getsockname fd {fd}"))?;
-    let n = (len as usize).saturating_sub(2);
-    let mut name: Vec<u8> = a.sun_path[..n].iter().map(|&c| c as u8).collect();
-    if name.first().is_some_and(|&c| c != 0) {
-        while name.last() == Some(&0) {
-            name.pop();
-        }
-    }
-    Ok(name)
+    Ok(name_of(&a, len))
 }

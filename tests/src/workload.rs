@@ -239,3 +239,35 @@ pub fn getpid() -> i32 {
 pub fn last_err() -> std::io::Error {
     std::io::Error::last_os_error()
 }
+
+/// Forks a child that runs `body` and exits with its return value.
+pub fn fork_child(body: impl FnOnce() -> i32) -> Result<i32, String> {
+    // SAFETY: workloads fork while single-threaded, so the child may run Rust code.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        0 => {
+            let code = body();
+            // SAFETY: ends the child without running the parent's atexit work.
+            unsafe { libc::_exit(code) }
+        }
+        p if p < 0 => Err(format!("fork: {}", last_err())),
+        p => Ok(p),
+    }
+}
+
+/// Waits up to `timeout` for child `pid` to exit; its wait status.
+pub fn reap(pid: i32, timeout: Duration) -> Result<i32, String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for our own child without blocking.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if rc == pid {
+            return Ok(status);
+        }
+        if rc < 0 || std::time::Instant::now() > deadline {
+            return Err(format!("child {pid} was not reaped: {}", last_err()));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -1,11 +1,12 @@
 //! Unix sockets: pairs of each kind with data queued both ways, listeners
 //! that accept new clients after restore, an event-loop server answering
-//! the test after restore, and the refusal of a peer outside the tree.
+//! the test after restore, and peers outside the tree: refused, or
+//! connected to again by name with `--external-unix`.
 
-use rcr_tests::harness::{dump, restore, roundtrip, run_rcr, TestDir, Workload};
+use rcr_tests::harness::{dump, restore, restore_with, roundtrip, run_rcr, TestDir, Workload};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -135,11 +136,120 @@ fn a_socket_connected_outside_the_tree_is_refused() {
             img.as_os_str(),
         ],
     );
-    run.assert_failure(&[&pid, "fd 9", "unix", "outside"]);
+    run.assert_failure(&[&pid, "fd 9", "unix", "outside", "--external-unix"]);
     assert!(!img.exists(), "a refused dump left {}", img.display());
     assert!(w.is_running(), "the workload died after a refused dump");
     w.finish_ok();
     let mut got = [0u8; 10];
     peer.read_exact(&mut got).expect("read from the workload");
+    assert_eq!(&got, b"still here");
+}
+
+fn rcr_args<'a>(words: &'a [&'a str], img: &'a Path) -> Vec<&'a OsStr> {
+    let mut args: Vec<&OsStr> = words.iter().map(OsStr::new).collect();
+    args.extend([OsStr::new("-D"), img.as_os_str()]);
+    args
+}
+
+/// Dumps the client with --external-unix; a restore without the option is
+/// refused naming the pid, fd 9 and `peer`; with it the workload comes back
+/// connected to `peer` again. Returns the restore's run.
+fn external_roundtrip(dir: &TestDir, w: &mut Workload, peer: &Path) -> rcr_tests::harness::RcrRun {
+    let img = dir.join("img");
+    dump(dir, w, &img, &["--external-unix"]);
+    let pid = w.pid.to_string();
+    run_rcr(dir, &rcr_args(&["restore"], &img)).assert_failure(&[
+        &pid,
+        "fd 9",
+        peer.to_str().unwrap(),
+        "--external-unix",
+    ]);
+    restore_with(dir, w, &img, &[], &["--external-unix"])
+}
+
+#[test]
+fn a_stream_socket_connects_to_its_outside_listener_again() {
+    let dir = TestDir::new("unix-outside-stream");
+    let path = dir.join("outside.sock");
+    let listener = UnixListener::bind(&path).expect("bind the test's listener");
+    let program = Path::new(env!("CARGO_BIN_EXE_wl_unix_client"));
+    let mut w = Workload::spawn(&dir, program, &[], &[path.to_str().unwrap()]);
+    let (mut old, _) = listener.accept().expect("accept the workload");
+    old.write_all(b"never read")
+        .expect("queue bytes to the workload");
+    w.wait_ready();
+    let run = external_roundtrip(&dir, &mut w, &path);
+    assert!(
+        run.stderr.contains("warning")
+            && run.stderr.contains("fd 9")
+            && run.stderr.contains("10 bytes"),
+        "no warning of the lost bytes: {}",
+        run.stderr
+    );
+    // The old connection ended with the dumped process (reset: it held
+    // unread bytes).
+    let mut rest = [0u8; 16];
+    match old.read(&mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the old connection still carries {other:?}"),
+    }
+    let (mut new, _) = listener
+        .accept()
+        .expect("the restored workload connected again");
+    w.finish_ok();
+    let mut got = [0u8; 10];
+    new.read_exact(&mut got)
+        .expect("read from the restored workload");
+    assert_eq!(&got, b"still here");
+}
+
+#[test]
+fn a_datagram_socket_connects_to_its_outside_receiver_again() {
+    let dir = TestDir::new("unix-outside-dgram");
+    let path = dir.join("log.sock");
+    let receiver = UnixDatagram::bind(&path).expect("bind the test's receiver");
+    let program = Path::new(env!("CARGO_BIN_EXE_wl_unix_client"));
+    let mut w = Workload::spawn(&dir, program, &[], &[path.to_str().unwrap(), "dgram"]);
+    w.wait_ready();
+    let run = external_roundtrip(&dir, &mut w, &path);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    w.finish_ok();
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut got = [0u8; 32];
+    let n = receiver
+        .recv(&mut got)
+        .expect("a datagram from the restored workload");
+    assert_eq!(&got[..n], b"still here");
+}
+
+#[test]
+fn an_outside_peer_without_a_name_is_refused() {
+    let dir = TestDir::new("unix-outside-unnamed");
+    let path = dir.join("server.sock");
+    let program = Path::new(env!("CARGO_BIN_EXE_wl_unix_client"));
+    let mut w = Workload::spawn(&dir, program, &[], &[path.to_str().unwrap(), "accept"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        match UnixStream::connect(&path) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("connect to the workload: {e}"),
+        }
+    };
+    w.wait_ready();
+    let img = dir.join("img");
+    let pid = w.pid.to_string();
+    run_rcr(
+        &dir,
+        &rcr_args(&["dump", "--external-unix", "--tree", &pid], &img),
+    )
+    .assert_failure(&[&pid, "fd 9", "unnamed", "no name"]);
+    assert!(!img.exists(), "a refused dump left {}", img.display());
+    w.finish_ok();
+    let mut got = [0u8; 10];
+    client.read_exact(&mut got).expect("read from the workload");
     assert_eq!(&got, b"still here");
 }

@@ -31,6 +31,9 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// Take established TCP connections (TCP_REPAIR) instead of refusing them.
     pub tcp_established: bool,
+    /// Keep unix sockets connected to a named peer outside the tree, to be
+    /// connected to that name again at restore, instead of refusing them.
+    pub external_unix: bool,
 }
 
 /// What a dump did.
@@ -119,6 +122,9 @@ fn write_tree(
     let mut file_table = FileTableBuilder::default();
     if opts.tcp_established {
         file_table.repair_tcp();
+    }
+    if opts.external_unix {
+        file_table.external_unix();
     }
     let mut pages_bytes = 0;
     for (s, st) in &live {

@@ -8,6 +8,7 @@ use super::files::{open_task_fd, owned};
 use crate::error::{Error, Result};
 use rcr_images::pb;
 use std::ffi::CString;
+use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
@@ -17,21 +18,32 @@ const MAX_SIZE: u64 = 64 << 20;
 
 /// Reads deleted file `id` through `pid`'s fd `fd`.
 pub fn dump_deleted(pid: i32, fd: i32, id: u32, path: &Path) -> Result<pb::DeletedFile> {
-    let proc_path = format!("/proc/{pid}/fd/{fd}");
-    let file = std::fs::File::from(open_task_fd(pid, fd, libc::O_RDONLY)?);
-    let meta = file.metadata().map_err(|e| Error::io(&proc_path, e))?;
+    let file = File::from(open_task_fd(pid, fd, libc::O_RDONLY)?);
+    read_deleted(pid, &file, &format!("/proc/{pid}/fd/{fd}"), id, path)
+}
+
+/// Reads deleted file `id`, last at `path`, through rcr's descriptor
+/// `file` of it, opened as `proc_path` (a task's fd or mapping).
+pub fn read_deleted(
+    pid: i32,
+    file: &File,
+    proc_path: &str,
+    id: u32,
+    path: &Path,
+) -> Result<pb::DeletedFile> {
+    let meta = file.metadata().map_err(|e| Error::io(proc_path, e))?;
     if meta.len() > MAX_SIZE {
         return Err(Error::Unsupported {
             pid,
             what: format!(
-                "fd {fd}: a deleted file of {} bytes (more than {MAX_SIZE})",
+                "{proc_path}: a deleted file of {} bytes (more than {MAX_SIZE})",
                 meta.len()
             ),
         });
     }
     let mut data = vec![0u8; meta.len() as usize];
     file.read_exact_at(&mut data, 0)
-        .map_err(|e| Error::io(&proc_path, e))?;
+        .map_err(|e| Error::io(proc_path, e))?;
     Ok(pb::DeletedFile {
         id,
         path: path.to_string_lossy().into_owned(),
@@ -59,7 +71,7 @@ pub fn make_deleted(d: &pb::DeletedFile) -> Result<OwnedFd> {
         )));
     };
     std::fs::remove_file(&at).map_err(|e| Error::io(&at, e))?;
-    let file = std::fs::File::from(fd);
+    let file = File::from(fd);
     file.write_all_at(&d.data, 0)
         .map_err(|e| Error::io(&d.path, e))?;
     Ok(file.into())

@@ -9,12 +9,13 @@
 //! installs it at every number, and offset and flags keep moving together.
 
 use super::{
-    deleted, epoll, eventfd, inet_socket, inotify, memfd, pipe, signalfd, timerfd, unix_socket,
+    deleted, epoll, eventfd, inet_socket, inotify, memfd, pipe, shmem, signalfd, timerfd,
+    unix_socket,
 };
 use crate::error::{Error, Result};
 use crate::proc::fdinfo::{self, FdTarget};
 use rcr_images::pb::{self, file_entry::Kind};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -32,6 +33,8 @@ const KCMP_FILE: libc::c_int = 0;
 pub struct FileTableBuilder {
     entries: Vec<pb::FileEntry>,
     mapped: HashMap<(PathBuf, bool), u32>,
+    /// Memfds and deleted files that VMAs map, by (dev, ino, writable).
+    mapped_inodes: HashMap<(u64, u64, bool), u32>,
     /// Pipes and memfds, each stored once, by their (device, inode).
     pipes: Inodes<pb::Pipe>,
     memfds: Inodes<pb::MemFd>,
@@ -47,6 +50,9 @@ pub struct FileTableBuilder {
     /// Epoll registrations to find among every process's files: (pid, fd,
     /// (dev, ino) of the epoll, the registration).
     foreign: Vec<(i32, i32, (u64, u64), epoll::Foreign)>,
+    /// Shared anonymous memory objects, by shmem id, and their bytes in all.
+    shmem: BTreeMap<u64, pb::ShmemObject>,
+    shmem_bytes: u64,
 }
 
 /// An open file description already stored: a descriptor of it, and its id.
@@ -120,6 +126,52 @@ impl<'a, T> Made<'a, T> {
     }
 }
 
+/// The memfds and deleted files of a restore, each made once and shared
+/// by the descriptors and the mappings that refer to it.
+pub struct MadeFiles<'a> {
+    table: &'a pb::FileTable,
+    memfds: Made<'a, pb::MemFd>,
+    deleted: Made<'a, pb::DeletedFile>,
+}
+
+impl<'a> MadeFiles<'a> {
+    pub fn new(table: &'a pb::FileTable) -> Self {
+        MadeFiles {
+            table,
+            memfds: Made::new(&table.memfds, |m| m.id, memfd::make_memfd),
+            deleted: Made::new(&table.deleted, |d| d.id, deleted::make_deleted),
+        }
+    }
+
+    /// A new descriptor of file `id` that a VMA maps: a saved path, opened
+    /// again (a private mapping's file checked unchanged), or a memfd or
+    /// deleted file made here.
+    pub fn open_mapped(&mut self, id: u32, private: bool) -> Result<OwnedFd> {
+        match file_by_id(self.table, id) {
+            Some(Kind::Reg(reg)) => {
+                let fd = open_saved(reg)?;
+                if private {
+                    check_unchanged(reg, &fd)?;
+                }
+                Ok(fd)
+            }
+            Some(Kind::Memfd(m)) => reopen(self.memfds.get(m.memfd_id)?, m.flags),
+            Some(Kind::Deleted(d)) => reopen(self.deleted.get(d.deleted_id)?, d.flags),
+            _ => Err(Error::Preflight(format!(
+                "a VMA maps file {id}, which is not a mappable file"
+            ))),
+        }
+    }
+}
+
+/// Whether file `id` is of a kind a VMA can map.
+pub fn mappable(table: &pb::FileTable, id: u32) -> bool {
+    matches!(
+        file_by_id(table, id),
+        Some(Kind::Reg(_) | Kind::Memfd(_) | Kind::Deleted(_))
+    )
+}
+
 impl FileTableBuilder {
     /// The id of a file that a VMA maps, opened read-write when the mapping
     /// may write to it.
@@ -144,6 +196,94 @@ impl FileTableBuilder {
         Ok(id)
     }
 
+    /// The id of the memfd or deleted regular file (last at `path`) that
+    /// `pid` maps at `start..end`, opened read-write when the mapping may
+    /// write to it. The object is read through the mapping, so a process
+    /// need not hold a descriptor of it, and stored once per inode with the
+    /// descriptors that open it.
+    pub fn mapped_unlinked(
+        &mut self,
+        pid: i32,
+        (start, end): (u64, u64),
+        path: &str,
+        writable: bool,
+    ) -> Result<u32> {
+        let (file, proc_path) = shmem::open_task_mapping(pid, start, end)?;
+        let meta = file.metadata().map_err(|e| Error::io(&proc_path, e))?;
+        let key = (meta.dev(), meta.ino(), writable);
+        if let Some(id) = self.mapped_inodes.get(&key) {
+            return Ok(*id);
+        }
+        let flags = if writable {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        } as u32;
+        let kind = match memfd::name_of(path) {
+            Some(name) => {
+                let memfd_id = self.memfds.id(&meta, |id| {
+                    memfd::read_memfd(pid, &file, &proc_path, id, name)
+                })?;
+                let seals = self.memfds.saved[memfd_id as usize - 1].seals as i32;
+                if writable && seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) != 0 {
+                    return Err(Error::Unsupported {
+                        pid,
+                        what: format!(
+                            "the writable shared mapping at {start:#x} of memfd {name:?}, \
+                             sealed against writes since"
+                        ),
+                    });
+                }
+                Kind::Memfd(pb::MemFdFile {
+                    memfd_id,
+                    flags,
+                    pos: 0,
+                })
+            }
+            None if meta.file_type().is_file() => Kind::Deleted(pb::DeletedOpen {
+                deleted_id: self.deleted.id(&meta, |id| {
+                    deleted::read_deleted(pid, &file, &proc_path, id, Path::new(path))
+                })?,
+                flags,
+                pos: 0,
+            }),
+            None => {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!(
+                        "the mapping at {start:#x} of the deleted file {path}, which is not \
+                         a regular file"
+                    ),
+                })
+            }
+        };
+        let id = self.add(kind);
+        self.mapped_inodes.insert(key, id);
+        Ok(id)
+    }
+
+    /// Saves shared memory object `id` once, read through `pid`'s mapping
+    /// of it at `start..end`.
+    pub fn shmem_object(&mut self, pid: i32, start: u64, end: u64, id: u64) -> Result<()> {
+        if self.shmem.contains_key(&id) {
+            return Ok(());
+        }
+        let saved = shmem::dump(pid, start, end, id)?;
+        self.shmem_bytes += saved.data.iter().map(|d| d.data.len() as u64).sum::<u64>();
+        if self.shmem_bytes > shmem::MAX_TOTAL {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!(
+                    "the shared memory mapped at {start:#x}: more than {} bytes of shared \
+                     anonymous memory in the tree",
+                    shmem::MAX_TOTAL
+                ),
+            });
+        }
+        self.shmem.insert(id, saved);
+        Ok(())
+    }
+
     fn add(&mut self, kind: Kind) -> u32 {
         let id = self.entries.len() as u32 + 1;
         self.entries.push(pb::FileEntry {
@@ -155,8 +295,14 @@ impl FileTableBuilder {
 
     /// Refuses a unix socket connected outside the tree, or whose queue
     /// cannot be sent again, once every process's sockets are stored.
-    pub fn check_unix_sockets(&self) -> Result<()> {
-        self.unix.check(&self.entries)
+    pub fn check_unix_sockets(&mut self) -> Result<()> {
+        self.unix.check(&mut self.entries)
+    }
+
+    /// Keeps unix sockets connected outside the tree, to be connected to
+    /// their peer's name again at restore (`--external-unix`).
+    pub fn external_unix(&mut self) {
+        self.unix.external = true;
     }
 
     /// Takes established TCP connections in repair mode from now on.
@@ -208,6 +354,7 @@ impl FileTableBuilder {
             memfds: self.memfds.saved,
             deleted: self.deleted.saved,
             posix_shm: Vec::new(),
+            shmem: self.shmem.into_values().collect(),
         }
     }
 }
@@ -521,10 +668,9 @@ fn find_stored(bucket: &[Stored], pid: i32, fd: i32) -> Result<std::result::Resu
 pub fn open_task_files<'a>(
     table: &'a pb::FileTable,
     tasks: &[&'a [pb::Fd]],
+    made: &mut MadeFiles<'a>,
 ) -> Result<Vec<(u32, OwnedFd)>> {
     let mut pipes = Made::new(&table.pipes, |p| p.id, pipe::make_pipe);
-    let mut memfds = Made::new(&table.memfds, |m| m.id, memfd::make_memfd);
-    let mut deleted = Made::new(&table.deleted, |d| d.id, deleted::make_deleted);
     let mut sockets = unix_socket::Made::default();
     let mut opened: Vec<(u32, OwnedFd)> = Vec::new();
     let mut epolls: Vec<epoll::ToMake> = Vec::new();
@@ -534,8 +680,7 @@ pub fn open_task_files<'a>(
             table,
             fds,
             &mut pipes,
-            &mut memfds,
-            &mut deleted,
+            made,
             &mut sockets,
             &mut opened,
             &mut epolls,
@@ -557,8 +702,7 @@ fn open_one_task<'a>(
     table: &'a pb::FileTable,
     fds: &'a [pb::Fd],
     pipes: &mut Made<'a, pb::Pipe>,
-    memfds: &mut Made<'a, pb::MemFd>,
-    deleted: &mut Made<'a, pb::DeletedFile>,
+    made: &mut MadeFiles<'a>,
     sockets: &mut unix_socket::Made,
     opened: &mut Vec<(u32, OwnedFd)>,
     epolls: &mut Vec<epoll::ToMake<'a>>,
@@ -576,8 +720,8 @@ fn open_one_task<'a>(
             Kind::Signalfd(s) => signalfd::restore_signalfd(s)?,
             Kind::Timerfd(t) => timerfd::restore_timerfd(t)?,
             Kind::Inotify(i) => inotify::restore_inotify(i)?,
-            Kind::Memfd(m) => reopen_at(memfds.get(m.memfd_id)?, m.flags, m.pos)?,
-            Kind::Deleted(d) => reopen_at(deleted.get(d.deleted_id)?, d.flags, d.pos)?,
+            Kind::Memfd(m) => reopen_at(made.memfds.get(m.memfd_id)?, m.flags, m.pos)?,
+            Kind::Deleted(d) => reopen_at(made.deleted.get(d.deleted_id)?, d.flags, d.pos)?,
             Kind::Unix(_) => sockets.take(table, fd.file_id)?,
             Kind::Inet(s) => inet_socket::restore(s)?,
             Kind::Epoll(e) => {

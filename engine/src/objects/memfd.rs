@@ -6,6 +6,7 @@ use super::files::{check, open_task_fd, owned};
 use crate::error::{Error, Result};
 use rcr_images::pb;
 use std::ffi::CString;
+use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
@@ -19,20 +20,29 @@ pub fn name_of(path: &str) -> Option<&str> {
 
 /// Reads memfd `id`'s content and seals through `pid`'s fd `fd`.
 pub fn dump_memfd(pid: i32, fd: i32, id: u32, name: &str) -> Result<pb::MemFd> {
-    let file = std::fs::File::from(open_task_fd(pid, fd, libc::O_RDONLY)?);
-    let size = file
-        .metadata()
-        .map_err(|e| Error::io(format!("/proc/{pid}/fd/{fd}"), e))?
-        .len();
+    let file = File::from(open_task_fd(pid, fd, libc::O_RDONLY)?);
+    read_memfd(pid, &file, &format!("/proc/{pid}/fd/{fd}"), id, name)
+}
+
+/// Reads memfd `id`'s content and seals through rcr's descriptor `file` of
+/// it, opened as `proc_path` (a task's fd or mapping).
+pub fn read_memfd(
+    pid: i32,
+    file: &File,
+    proc_path: &str,
+    id: u32,
+    name: &str,
+) -> Result<pb::MemFd> {
+    let size = file.metadata().map_err(|e| Error::io(proc_path, e))?.len();
     if size > MAX_SIZE {
         return Err(Error::Unsupported {
             pid,
-            what: format!("fd {fd}: a memfd of {size} bytes (more than {MAX_SIZE})"),
+            what: format!("{proc_path}: a memfd of {size} bytes (more than {MAX_SIZE})"),
         });
     }
     let mut data = vec![0u8; size as usize];
     file.read_exact_at(&mut data, 0)
-        .map_err(|e| Error::io(format!("/proc/{pid}/fd/{fd}"), e))?;
+        .map_err(|e| Error::io(proc_path, e))?;
     // SAFETY: fcntl on our own descriptor.
     let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
     if seals < 0 {
@@ -58,7 +68,7 @@ pub fn make_memfd(m: &pb::MemFd) -> Result<OwnedFd> {
     // SAFETY: memfd_create with a valid C string; the result is checked.
     let raw =
         unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    let made = std::fs::File::from(owned(raw, "memfd_create")?);
+    let made = File::from(owned(raw, "memfd_create")?);
     made.write_all_at(&m.data, 0)
         .map_err(|e| Error::Preflight(format!("filling memfd {:?}: {e}", m.name)))?;
     // Sealed once filled (a write seal forbids writing), and through this

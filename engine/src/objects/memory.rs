@@ -67,21 +67,16 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
         } => {
             let maywrite = has("mw");
             let id = files.mapped_file(pid, Path::new(path), m.shared && maywrite)?;
-            let kind = if m.shared {
-                VmaKind::FileShared
-            } else {
-                VmaKind::FilePrivate
-            };
-            (kind, id)
+            (file_kind(m.shared), id)
         }
+        // A memfd, or a regular file unlinked since it was mapped.
         MapName::Path {
             path,
             deleted: true,
         } => {
-            return Err(Error::Unsupported {
-                pid,
-                what: format!("the mapping at {:#x} of the deleted file {path}", m.start),
-            })
+            let writable = m.shared && has("mw");
+            let id = files.mapped_unlinked(pid, (m.start, m.end), path, writable)?;
+            (file_kind(m.shared), id)
         }
         MapName::Other(name) => {
             return Err(Error::Unsupported {
@@ -98,6 +93,9 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
     // SysV ids and the (32-bit) inodes of other shared memory share one
     // number space: keep a removed segment's apart.
     let shmem_id = if segment { m.inode | 1 << 32 } else { m.inode };
+    if kind == VmaKind::AnonShared && sysv_shmid.is_none() {
+        files.shmem_object(pid, m.start, m.end, shmem_id)?;
+    }
     Ok(pb::Vma {
         start: m.start,
         end: m.end,
@@ -115,6 +113,14 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
             0
         },
     })
+}
+
+fn file_kind(shared: bool) -> VmaKind {
+    if shared {
+        VmaKind::FileShared
+    } else {
+        VmaKind::FilePrivate
+    }
 }
 
 fn anon_kind(shared: bool) -> (VmaKind, u32) {
@@ -148,8 +154,9 @@ fn map_name_text(name: &MapName) -> String {
 /// Which pages of a saved VMA live only in memory and must be dumped.
 pub fn scan_want(vma: &pb::Vma) -> Option<ScanWant> {
     match vma.kind() {
-        VmaKind::AnonShared if vma.sysv_shmid.is_some() => None,
-        VmaKind::AnonPrivate | VmaKind::AnonShared => Some(ScanWant::Anon),
+        // Shared memory is saved whole, as its object (shmem.rs).
+        VmaKind::AnonShared => None,
+        VmaKind::AnonPrivate => Some(ScanWant::Anon),
         VmaKind::FilePrivate => Some(ScanWant::PrivateFileCow),
         _ => None,
     }

@@ -2,15 +2,79 @@
 //! (an unlinked shmem inode, shown as `/dev/zero (deleted)`) that several
 //! VMAs, in one process or several, map.
 //!
-//! The dump records the object's inode with each VMA (and the pages, as for
-//! any VMA). The restore makes one such object per inode in rcr and hands it
-//! to every process that maps it, so the memory stays shared; the pages each
-//! process saved are read into it.
+//! The dump records the object's inode with each VMA and saves the object
+//! once, read through a descriptor of it: every page it holds (in memory or
+//! swapped), also those no process has in its page tables (written by a
+//! process that exited or unmapped them). The restore makes one such object
+//! per inode in rcr, fills it and hands it to every process that maps it, so
+//! the memory stays shared.
 
 use crate::error::{Error, Result};
 use rcr_images::pb::{self, VmaKind};
 use std::collections::BTreeMap;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+/// The most data of all shared anonymous objects that rcr keeps in
+/// `files.img`.
+pub const MAX_TOTAL: u64 = 1 << 30;
+
+/// Dump side: object `id`, read through `pid`'s mapping of it at `start..end`.
+pub fn dump(pid: i32, start: u64, end: u64, id: u64) -> Result<pb::ShmemObject> {
+    let (file, path) = open_task_mapping(pid, start, end)?;
+    let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+    let mut data = Vec::new();
+    for (offset, len) in data_runs(&file, size).map_err(|e| Error::io(&path, e))? {
+        let mut bytes = vec![0u8; len as usize];
+        file.read_exact_at(&mut bytes, offset)
+            .map_err(|e| Error::io(&path, e))?;
+        data.push(pb::ShmemData {
+            offset,
+            data: bytes,
+        });
+    }
+    Ok(pb::ShmemObject { id, size, data })
+}
+
+/// rcr's own read-only descriptor of the object `pid` maps at `start..end`
+/// (through map_files, whether or not the task holds a descriptor of it),
+/// and the path it was opened by.
+pub(crate) fn open_task_mapping(pid: i32, start: u64, end: u64) -> Result<(File, String)> {
+    let path = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+    File::open(&path)
+        .map(|f| (f, path.clone()))
+        .map_err(|e| Error::io(path, e))
+}
+
+/// The (offset, length) runs of data in `file` below `size`, found with
+/// SEEK_DATA/SEEK_HOLE: pages never written are holes and left out.
+fn data_runs(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let seek = |off: u64, whence| {
+        // SAFETY: lseek on our own descriptor.
+        let ret = unsafe { libc::lseek(file.as_raw_fd(), off as i64, whence) };
+        if ret < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(ret as u64)
+        }
+    };
+    let mut runs = Vec::new();
+    let mut off = 0;
+    while off < size {
+        let data = match seek(off, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(e) => return Err(e),
+        };
+        let hole = seek(data, libc::SEEK_HOLE)?.min(size);
+        if hole > data {
+            runs.push((data, hole - data));
+        }
+        off = hole.max(data + 1);
+    }
+    Ok(runs)
+}
 
 /// Restore side: the size each object needs, by inode: the furthest byte
 /// any VMA maps of it.
@@ -26,9 +90,20 @@ pub fn sizes<'a>(vmas: impl Iterator<Item = &'a pb::Vma>) -> BTreeMap<u64, u64> 
     out
 }
 
-/// Restore side: a new shared anonymous object of `size` bytes, as a file
+/// Restore side: a new shared anonymous object of `size` bytes (or the
+/// saved object's size, if larger) holding the saved data, as a file
 /// descriptor that maps like the original (`/dev/zero (deleted)`).
-pub fn create(size: u64) -> Result<OwnedFd> {
+pub fn restore(size: u64, saved: Option<&pb::ShmemObject>) -> Result<OwnedFd> {
+    let fd = create(size.max(saved.map_or(0, |s| s.size)))?;
+    let file = File::from(fd);
+    for d in saved.iter().flat_map(|s| &s.data) {
+        file.write_all_at(&d.data, d.offset)
+            .map_err(|e| Error::io("shared anonymous memory", e))?;
+    }
+    Ok(file.into())
+}
+
+fn create(size: u64) -> Result<OwnedFd> {
     // SAFETY: a fresh shared mapping, unmapped again below; nothing in rcr
     // uses it but the open of its map_files entry.
     let addr = unsafe {
@@ -140,5 +215,43 @@ mod tests {
             libc::munmap(a, len);
             libc::munmap(b, len);
         }
+    }
+
+    #[test]
+    fn dump_saves_written_pages_only_and_restore_gives_them_back() {
+        let len = 0x5000;
+        // SAFETY: a fresh shared mapping of our own, unmapped below.
+        let a = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(a, libc::MAP_FAILED);
+        // SAFETY: writes inside the mapping made above.
+        unsafe {
+            *(a as *mut u8).add(0x10) = 1;
+            *(a as *mut u8).add(0x3ff0) = 3;
+        }
+        let start = a as u64;
+        let saved = dump(std::process::id() as i32, start, start + len as u64, 7).unwrap();
+        // SAFETY: unmaps exactly the mapping made above.
+        unsafe { libc::munmap(a, len) };
+        assert_eq!(saved.size, len as u64);
+        let runs: Vec<(u64, usize)> = saved
+            .data
+            .iter()
+            .map(|d| (d.offset, d.data.len()))
+            .collect();
+        assert_eq!(runs, [(0, 0x1000), (0x3000, 0x1000)]);
+        let file = File::from(restore(0x2000, Some(&saved)).unwrap());
+        assert_eq!(file.metadata().unwrap().len(), len as u64);
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, 0x3ff0).unwrap();
+        assert_eq!(byte, [3]);
     }
 }

@@ -17,11 +17,19 @@
 //! otherwise, bound to its name (a stale socket file nobody listens on is
 //! removed first), listening with its backlog, a datagram socket connected
 //! to the bound socket it was connected to. Each queue is sent again from
-//! the socket's peer (or, for a bound datagram socket, from a throwaway
-//! socket to its name), before options and shutdown are set back.
+//! the socket's peer (or, for a bound datagram socket, to its name from a
+//! socket with each datagram's sender name: the tree's own, or a throwaway
+//! bound to it), before options and shutdown are set back.
 //!
-//! Refused at dump, by name: other families, a peer outside the checkpoint,
-//! connections not yet accepted, descriptors in flight (SCM_RIGHTS), names
+//! A socket connected to a peer outside the checkpoint is refused unless
+//! asked for (`--external-unix`): then the peer's name is saved and restore
+//! connects to it again, a datagram socket to the same receiver, a stream
+//! or seqpacket socket as a new connection to the same listener (what the
+//! old peer had sent and the socket not read is lost, which restore warns
+//! about); a peer without a name is refused.
+//!
+//! Refused at dump, by name: other families, a peer outside the checkpoint
+//! (unless asked for, and named), connections not yet accepted, descriptors in flight (SCM_RIGHTS), names
 //! relative to a directory, queued data that no socket of the checkpoint
 //! could send again.
 
@@ -29,7 +37,7 @@ use super::files::{check, owned, restore_err};
 use crate::error::{Error, Result};
 use crate::proc::unix_diag::{self, UnixDiag, STATE_CONNECTED, STATE_LISTEN};
 use rcr_images::pb::{self, file_entry::Kind};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -72,6 +80,15 @@ fn show_name(name: &[u8]) -> String {
 
 fn is_path(name: &[u8]) -> bool {
     name.first().is_some_and(|&c| c != 0)
+}
+
+/// A name without the NULs that may pad a path name (an abstract name's
+/// bytes all count).
+fn trimmed(mut name: Vec<u8>) -> Vec<u8> {
+    while is_path(&name) && name.last() == Some(&0) {
+        name.pop();
+    }
+    name
 }
 
 /// Whether restore binds the socket to its saved name. An accepted
@@ -150,6 +167,9 @@ pub struct Collected {
     /// Each stored socket by inode: its file id and the first (pid, fd)
     /// that holds it.
     stored: HashMap<u64, (u32, i32, i32)>,
+    /// Connect sockets whose peer is outside the tree again at restore,
+    /// by the peer's name, instead of refusing them.
+    pub external: bool,
 }
 
 impl Collected {
@@ -220,12 +240,7 @@ impl Collected {
             ..Default::default()
         };
         if let Some(name) = &d.name {
-            s.name = name.clone();
-            if is_path(name) {
-                while s.name.last() == Some(&0) {
-                    s.name.pop();
-                }
-            }
+            s.name = trimmed(name.clone());
         }
         if binds(&s) && is_path(&s.name) {
             let path = Path::new(std::ffi::OsStr::from_bytes(&s.name));
@@ -258,38 +273,54 @@ impl Collected {
         s.passcred = opt(libc::SO_PASSCRED, "getsockopt(SO_PASSCRED)")? != 0;
         s.peek_off = opt(libc::SO_PEEK_OFF, "getsockopt(SO_PEEK_OFF)")?;
         if d.state != STATE_LISTEN {
-            s.queue = peek_queue(sock, s.r#type as i32, s.peek_off).map_err(refuse)?;
+            (s.queue, s.queue_senders) =
+                peek_queue(sock, s.r#type as i32, s.peek_off).map_err(refuse)?;
         }
         Ok(s)
     }
 
     /// Refuses, naming the holder, a socket whose peer is outside the
-    /// checkpoint or whose queue cannot be sent again.
-    pub fn check(&self, files: &[pb::FileEntry]) -> Result<()> {
-        let sockets = sockets_of(files);
+    /// checkpoint (unless [`Collected::external`], then notes the peer's
+    /// name) or whose queue cannot be sent again.
+    pub fn check(&self, files: &mut [pb::FileEntry]) -> Result<()> {
         let holder = |ino: u64| self.stored.get(&ino).map_or((0, -1), |s| (s.1, s.2));
-        for (_, s) in &sockets {
-            if s.peer_ino != 0 && !sockets.iter().any(|(_, p)| p.ino == s.peer_ino) {
-                let (pid, fd) = holder(s.ino);
-                let peer = self
-                    .diag
-                    .as_ref()
-                    .and_then(|all| all.get(&(s.peer_ino as u32)))
-                    .and_then(|p| p.name.as_deref())
-                    .map(show_name)
-                    .unwrap_or_else(|| "unnamed".into());
-                return Err(Error::UnsupportedFd {
-                    pid,
-                    fd,
-                    kind: format!("a unix {} socket", type_name(s.r#type)),
-                    target: format!(
-                        "connected to socket:[{}], {peer}, outside the checkpointed tree",
-                        s.peer_ino
-                    ),
-                });
+        let inos: HashSet<u64> = sockets_of(files).iter().map(|(_, s)| s.ino).collect();
+        for f in files.iter_mut() {
+            let Some(Kind::Unix(s)) = &mut f.kind else {
+                continue;
+            };
+            if s.peer_ino == 0 || inos.contains(&s.peer_ino) {
+                continue;
             }
+            let name = self
+                .diag
+                .as_ref()
+                .and_then(|all| all.get(&(s.peer_ino as u32)))
+                .and_then(|p| p.name.clone())
+                .map(trimmed);
+            let (pid, fd) = holder(s.ino);
+            let shown = name.as_deref().map_or("unnamed".into(), show_name);
+            let why = match &name {
+                Some(name) if self.external => {
+                    s.external_peer = name.clone();
+                    continue;
+                }
+                Some(_) => {
+                    "; dump with --external-unix to connect it to that name again at restore"
+                }
+                None => ", which has no name to connect to again",
+            };
+            return Err(Error::UnsupportedFd {
+                pid,
+                fd,
+                kind: format!("a unix {} socket", type_name(s.r#type)),
+                target: format!(
+                    "connected to socket:[{}], {shown}, outside the checkpointed tree{why}",
+                    s.peer_ino
+                ),
+            });
         }
-        if let Err((ino, what)) = plan(&sockets) {
+        if let Err((ino, what)) = plan(&sockets_of(files)) {
             let (pid, fd) = holder(ino);
             return Err(Error::Unsupported {
                 pid,
@@ -300,13 +331,14 @@ impl Collected {
     }
 }
 
+/// A receive queue: the messages (a stream's bytes as one), and for
+/// datagrams the name each came from (empty when unnamed; no entry at all
+/// when none is named).
+type Queue = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// Reads the receive queue of `sock` without consuming it, then puts the
 /// socket's peek offset back to `peek_off`.
-fn peek_queue(
-    sock: &OwnedFd,
-    kind: i32,
-    peek_off: i32,
-) -> std::result::Result<Vec<Vec<u8>>, String> {
+fn peek_queue(sock: &OwnedFd, kind: i32, peek_off: i32) -> std::result::Result<Queue, String> {
     let set_off = |off: i32| {
         set_opt(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off)
             .map_err(|e| format!("whose SO_PEEK_OFF cannot be set ({e})"))
@@ -321,13 +353,20 @@ fn peek_all(
     sock: &OwnedFd,
     kind: i32,
     set_off: &dyn Fn(i32) -> std::result::Result<(), String>,
-) -> std::result::Result<Vec<Vec<u8>>, String> {
+) -> std::result::Result<Queue, String> {
     let mut queue: Vec<Vec<u8>> = Vec::new();
+    let mut senders: Vec<Vec<u8>> = Vec::new();
     let mut buf = vec![0u8; PEEK_BUF];
     let mut offset = 0usize;
+    let done = |queue, senders: Vec<Vec<u8>>| {
+        let named = senders.iter().any(|s| !s.is_empty());
+        Ok((queue, if named { senders } else { Vec::new() }))
+    };
     loop {
-        let (n, flags) = peek_once(sock, &mut buf)?;
-        let Some(n) = n else { return Ok(queue) };
+        let (n, flags, sender) = peek_once(sock, &mut buf)?;
+        let Some(n) = n else {
+            return done(queue, senders);
+        };
         if flags & libc::MSG_TRUNC != 0 {
             // A datagram larger than the buffer: read it again whole.
             set_off(offset as i32)?;
@@ -336,7 +375,7 @@ fn peek_all(
         }
         if kind == libc::SOCK_STREAM {
             if n == 0 {
-                return Ok(queue);
+                return done(queue, senders);
             }
             match queue.first_mut() {
                 Some(q) => q.extend_from_slice(&buf[..n]),
@@ -344,15 +383,19 @@ fn peek_all(
             }
         } else {
             queue.push(buf[..n].to_vec());
+            senders.push(sender);
         }
         offset += n;
     }
 }
 
 /// One `MSG_PEEK` at the socket's peek offset: the bytes read (None when
-/// nothing more is queued) and the message flags. Descriptors in flight
-/// are refused (the copies the peek made are closed).
-fn peek_once(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(Option<usize>, i32), String> {
+/// nothing more is queued), the message flags and the sender's name.
+/// Descriptors in flight are refused (the copies the peek made are closed).
+fn peek_once(
+    sock: &OwnedFd,
+    buf: &mut [u8],
+) -> std::result::Result<(Option<usize>, i32, Vec<u8>), String> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -361,6 +404,10 @@ fn peek_once(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(Option<usiz
     // SAFETY: a zeroed msghdr is valid; its pointers are set just below to
     // buffers that outlive the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // SAFETY: a zeroed sockaddr_un is valid.
+    let mut from: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_un).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cmsg.as_mut_ptr().cast();
@@ -376,7 +423,7 @@ fn peek_once(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(Option<usiz
     if n < 0 {
         let e = std::io::Error::last_os_error();
         return match e.raw_os_error() {
-            Some(libc::EAGAIN) => Ok((None, 0)),
+            Some(libc::EAGAIN) => Ok((None, 0, Vec::new())),
             _ => Err(format!("whose queue cannot be read ({e})")),
         };
     }
@@ -401,7 +448,12 @@ fn peek_once(sock: &OwnedFd, buf: &mut [u8]) -> std::result::Result<(Option<usiz
             "with file descriptors in flight (SCM_RIGHTS, {rights} or more) in its queue"
         ));
     }
-    Ok((Some(n as usize), msg.msg_flags))
+    let len = (msg.msg_namelen as usize).saturating_sub(std::mem::size_of::<libc::sa_family_t>());
+    let sender = from.sun_path[..len.min(from.sun_path.len())]
+        .iter()
+        .map(|&c| c as u8)
+        .collect();
+    Ok((Some(n as usize), msg.msg_flags, trimmed(sender)))
 }
 
 /// The unix sockets of a table, with their file ids, by id.
@@ -424,6 +476,9 @@ enum Make {
     PeerClosed,
     /// A socket of its own; a queue is sent to its name.
     Alone,
+    /// A socket of its own connected to its peer's name outside the tree;
+    /// a datagram queue is sent to its name, a stream's is lost.
+    External,
 }
 
 /// How each socket is made. Fails with the inode and why for a queue no
@@ -442,9 +497,15 @@ fn plan(sockets: &[(u32, &pb::UnixSocket)]) -> std::result::Result<Vec<Make>, (u
             let make = match peer {
                 Some(j) if sockets[j].1.peer_ino == s.ino => Make::Pair(j),
                 None if s.peer_closed => Make::PeerClosed,
+                None if !s.external_peer.is_empty() => Make::External,
                 _ => Make::Alone,
             };
-            let sendable = make != Make::Alone || (s.r#type == libc::SOCK_DGRAM as u32 && binds(s));
+            let datagram = s.r#type == libc::SOCK_DGRAM as u32;
+            let sendable = match make {
+                Make::Alone => datagram && binds(s),
+                Make::External => !datagram || binds(s),
+                _ => true,
+            };
             if !s.queue.is_empty() && !sendable {
                 return Err((
                     s.ino,
@@ -605,6 +666,43 @@ fn send_queue(from: &OwnedFd, to: Option<&[u8]>, kind: u32, queue: &[Vec<u8>]) -
     Ok(())
 }
 
+/// Sends bound socket `s`'s queue again to its name, each datagram from a
+/// socket with the name its sender had: the checkpoint's socket bound to
+/// it, else a throwaway socket bound to it (refused when a live socket
+/// holds that name), else an unnamed one.
+fn send_to_name(
+    s: &pb::UnixSocket,
+    fds: &[OwnedFd],
+    sockets: &[(u32, &pb::UnixSocket)],
+) -> Result<()> {
+    let mut throwaways: HashMap<&[u8], OwnedFd> = HashMap::new();
+    let unnamed: &[u8] = &[];
+    throwaways.insert(unnamed, new_socket(s.r#type)?);
+    for (i, msg) in s.queue.iter().enumerate() {
+        let sender = s.queue_senders.get(i).map_or(unnamed, Vec::as_slice);
+        let ours = sockets.iter().position(|(_, o)| {
+            binds(o) && o.r#type == s.r#type && o.name == sender && !sender.is_empty()
+        });
+        let from = match ours {
+            Some(k) => &fds[k],
+            None => {
+                if !throwaways.contains_key(sender) {
+                    let t = new_socket(s.r#type)?;
+                    bind(&t, s.r#type, sender)?;
+                    throwaways.insert(sender, t);
+                }
+                &throwaways[sender]
+            }
+        };
+        send_queue(from, Some(&s.name), s.r#type, std::slice::from_ref(msg))?;
+    }
+    for name in throwaways.keys().filter(|n| is_path(n)) {
+        let path = Path::new(std::ffi::OsStr::from_bytes(name));
+        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
 /// Makes every unix socket of `table`, connected, bound and listening as
 /// saved, with its queue and options: rcr's descriptor for each, by file id.
 pub fn make_all(table: &pb::FileTable) -> Result<HashMap<u32, OwnedFd>> {
@@ -626,7 +724,7 @@ pub fn make_all(table: &pb::FileTable) -> Result<HashMap<u32, OwnedFd>> {
                 fds[i] = Some(a);
                 closing.insert(i, b);
             }
-            Make::Alone => fds[i] = Some(new_socket(s.r#type)?),
+            Make::Alone | Make::External => fds[i] = Some(new_socket(s.r#type)?),
         }
     }
     let fds: Vec<OwnedFd> = fds
@@ -650,9 +748,9 @@ pub fn make_all(table: &pb::FileTable) -> Result<HashMap<u32, OwnedFd>> {
         match (plan[i], closing.get(&i)) {
             (Make::Pair(j), _) => send_queue(&fds[j], None, s.r#type, &s.queue)?,
             (_, Some(spare)) => send_queue(spare, None, s.r#type, &s.queue)?,
-            _ if !s.queue.is_empty() => {
-                send_queue(&new_socket(s.r#type)?, Some(&s.name), s.r#type, &s.queue)?
-            }
+            // A new connection: what the old peer had sent is gone.
+            (Make::External, _) if s.r#type != libc::SOCK_DGRAM as u32 => {}
+            _ if !s.queue.is_empty() => send_to_name(s, &fds, &sockets)?,
             _ => {}
         }
     }
@@ -666,11 +764,64 @@ pub fn make_all(table: &pb::FileTable) -> Result<HashMap<u32, OwnedFd>> {
         if let (Make::Alone, Some(&j)) = (plan[i], index.get(&s.peer_ino)) {
             connect(&fds[i], &sockets[j].1.name)?;
         }
+        if plan[i] == Make::External {
+            // Without waiting: a listener outside whose backlog is full
+            // fails the restore rather than holding it.
+            set_nonblocking(&fds[i])?;
+            connect(&fds[i], &s.external_peer)?;
+        }
     }
     for (fd, (_, s)) in fds.iter().zip(&sockets) {
         finish(fd, s)?;
     }
     Ok(sockets.iter().map(|(id, _)| *id).zip(fds).collect())
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
+    // SAFETY: fcntl on our own descriptor.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    check(ret as i64, "setting a unix socket's flags")?;
+    Ok(())
+}
+
+/// Restore side: refuses a checkpoint with sockets connected outside the
+/// tree unless `external` (`--external-unix`) allows connecting them again;
+/// warns, naming pid and fd, of each stream or seqpacket socket that gets a
+/// new connection. `fds` are each process's descriptors.
+pub fn check_external<'a>(
+    table: &pb::FileTable,
+    fds: impl Iterator<Item = (i32, &'a [pb::Fd])>,
+    external: bool,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let outside: HashMap<u32, &pb::UnixSocket> = sockets_of(&table.files)
+        .into_iter()
+        .filter(|(_, s)| !s.external_peer.is_empty())
+        .collect();
+    let mut seen = HashSet::new();
+    for (pid, fd) in fds.flat_map(|(pid, fds)| fds.iter().map(move |f| (pid, f))) {
+        let Some(s) = outside.get(&fd.file_id) else {
+            continue;
+        };
+        let peer = show_name(&s.external_peer);
+        if !external {
+            return Err(Error::Preflight(format!(
+                "process {pid}: fd {} is a unix socket connected to {peer} outside the tree; \
+                 restore with --external-unix to connect it there again",
+                fd.fd
+            )));
+        }
+        if s.r#type != libc::SOCK_DGRAM as u32 && seen.insert(fd.file_id) {
+            let lost: usize = s.queue.iter().map(Vec::len).sum();
+            warnings.push(format!(
+                "process {pid}: fd {} (unix {} socket) is a new connection to {peer}; \
+                 what the old peer had sent and it had not read ({lost} bytes) is lost",
+                fd.fd,
+                type_name(s.r#type)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// SO_SNDBUF and SO_RCVBUF, as saved (the kernel doubles what it is given;
@@ -803,6 +954,14 @@ mod tests {
         assert_eq!(plan(&[(6, &lonely)]).unwrap_err().0, 6);
         let to_unnamed = sock(7, 5, STATE_CONNECTED, libc::SOCK_DGRAM);
         assert_eq!(plan(&[(5, &client), (7, &to_unnamed)]).unwrap_err().0, 7);
+        // Connected outside: a stream's queue is dropped, an unbound
+        // datagram socket's cannot be sent again.
+        let mut outside = sock(8, 99, STATE_CONNECTED, libc::SOCK_STREAM);
+        outside.external_peer = b"/run/listener".to_vec();
+        outside.queue = vec![b"lost".to_vec()];
+        assert_eq!(plan(&[(8, &outside)]).unwrap(), vec![Make::External]);
+        outside.r#type = libc::SOCK_DGRAM as u32;
+        assert_eq!(plan(&[(8, &outside)]).unwrap_err().0, 8);
     }
 
     #[test]
@@ -823,7 +982,8 @@ mod tests {
             for m in [&b"one"[..], b"", b"three"] {
                 send_queue(&a, None, kind as u32, &[m.to_vec()]).unwrap();
             }
-            let got = peek_queue(&b, kind, -1).unwrap();
+            let (got, senders) = peek_queue(&b, kind, -1).unwrap();
+            assert!(senders.is_empty(), "a socketpair's peer is unnamed");
             let want: Vec<Vec<u8>> = if kind == libc::SOCK_STREAM {
                 vec![b"onethree".to_vec()]
             } else {

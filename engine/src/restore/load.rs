@@ -118,7 +118,7 @@ fn check_references(
     let has = |id: u32| files::reg_by_id(files, id).is_some();
     for v in &c.mm.vmas {
         let file_backed = matches!(v.kind(), VmaKind::FilePrivate | VmaKind::FileShared);
-        if file_backed && !has(v.file_id) {
+        if file_backed && !files::mappable(files, v.file_id) {
             return Err(format!(
                 "VMA {:#x} maps file id {} which is not stored",
                 v.start, v.file_id

@@ -31,6 +31,9 @@ pub struct RestoreOptions {
     /// Run the restored tree under this CPU profile (needs CPUID faulting;
     /// the caller then serves [`RestoreStats::cpu_emulator`]).
     pub cpu_profile: Option<(crate::cpu::CpuProfile, crate::cpu::ProfileMode)>,
+    /// Connect unix sockets whose peer was outside the tree to that peer's
+    /// name again (`--external-unix`); without it such a checkpoint is refused.
+    pub external_unix: bool,
 }
 
 /// What a restore did.
@@ -75,6 +78,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
     }))?;
     let mut cpu_warnings = crate::cpu::check_restore(&ckpt.inventory, opts.cpu_check)?;
     let masked = preflight_profile(opts, &ckpt, &mut cpu_warnings)?;
+    let mut socket_warnings = Vec::new();
+    crate::objects::unix_socket::check_external(
+        &ckpt.files,
+        ckpt.processes
+            .iter()
+            .filter_map(|p| Some((p.entry.pid, p.images.as_ref()?.fs.fds.as_slice()))),
+        opts.external_unix,
+        &mut socket_warnings,
+    )?;
     let self_armed = preflight_self_armed(&ckpt)?;
     let xlayouts = (
         crate::cpu::image_layout(&ckpt.inventory),
@@ -191,6 +203,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
             ));
         }
     }
+    warnings.extend(socket_warnings);
     let tids = releases
         .iter()
         .filter(|r| r.hole.is_some())

@@ -74,9 +74,13 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
             .flat_map(|i| i.mm.vmas.iter()),
     )
     .into_iter()
-    .map(|(id, size)| Ok((id, shmem::create(size)?)))
+    .map(|(id, size)| {
+        let saved = c.files.shmem.iter().find(|s| s.id == id);
+        Ok((id, shmem::restore(size, saved)?))
+    })
     .collect::<Result<BTreeMap<u64, OwnedFd>>>()?;
     let sysv = sysv::restore(&c.inventory.sysv.clone().unwrap_or_default())?;
+    let mut made = files::MadeFiles::new(&c.files);
 
     let opened = c
         .processes
@@ -84,7 +88,9 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         .map(|p| {
             p.images
                 .as_ref()
-                .map(|images| open_restorer_fds(c, images, &shmem_objects, &sysv.segments))
+                .map(|images| {
+                    open_restorer_fds(c, images, &shmem_objects, &sysv.segments, &mut made)
+                })
                 .transpose()
         })
         .collect::<Result<Vec<_>>>()?;
@@ -115,7 +121,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         .map(|i| i.fs.fds.as_slice())
         .collect();
     let mut source_of: BTreeMap<u32, i32> = BTreeMap::new();
-    for (id, fd) in files::open_task_files(&c.files, &task_fds)? {
+    for (id, fd) in files::open_task_files(&c.files, &task_fds, &mut made)? {
         source_of.insert(id, place_above(fd, &mut next_fd, &mut held)?);
     }
     let mut cwd_of = Vec::new();
@@ -214,6 +220,7 @@ fn open_restorer_fds(
     images: &ProcessImages,
     shmem_objects: &BTreeMap<u64, OwnedFd>,
     segments: &BTreeMap<i32, OwnedFd>,
+    made: &mut files::MadeFiles,
 ) -> Result<RestorerFds> {
     let pages =
         std::fs::File::open(&images.pages_path).map_err(|e| Error::io(&images.pages_path, e))?;
@@ -256,11 +263,7 @@ fn open_restorer_fds(
         {
             continue;
         }
-        let reg = files::reg_by_id(&c.files, v.file_id).expect("checked at load");
-        let fd = files::open_saved(reg)?;
-        if kind == VmaKind::FilePrivate {
-            files::check_unchanged(reg, &fd)?;
-        }
+        let fd = made.open_mapped(v.file_id, kind == VmaKind::FilePrivate)?;
         r.mapped.insert(v.file_id, r.fds.len());
         r.fds.push(fd);
     }

@@ -19,7 +19,7 @@
 
 use rcr_tests::fdops::sys;
 use rcr_tests::pattern;
-use rcr_tests::workload::{self, getpid, last_err, Args, Verdict};
+use rcr_tests::workload::{self, fork_child, getpid, last_err, Args, Verdict};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -286,36 +286,6 @@ fn child(region: &Region) -> i32 {
     }
 }
 
-fn fork_child(body: impl FnOnce() -> i32) -> Result<i32, String> {
-    // SAFETY: the workload is single-threaded, so the child may run Rust code.
-    let pid = unsafe { libc::fork() };
-    match pid {
-        0 => {
-            let code = body();
-            // SAFETY: ends the child without running the parent's atexit work.
-            unsafe { libc::_exit(code) }
-        }
-        p if p < 0 => Err(format!("fork: {}", last_err())),
-        p => Ok(p),
-    }
-}
-
-fn reap(pid: i32) -> Result<i32, String> {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let mut status = 0;
-        // SAFETY: waits for our own child without blocking.
-        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if rc == pid {
-            return Ok(status);
-        }
-        if rc < 0 || Instant::now() > deadline {
-            return Err(format!("child {pid} was not reaped: {}", last_err()));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 fn main() {
     let args = Args::init();
     let root = getpid();
@@ -381,7 +351,7 @@ fn main() {
     if let Err(e) = shared {
         v.fail(e);
     }
-    match reap(pid) {
+    match workload::reap(pid, TIMEOUT) {
         Ok(status) => v.eq("child exit status", status, 0),
         Err(e) => v.fail(e),
     }

@@ -6,7 +6,9 @@
 //! - stream only: C (13) and D (14), C having sent "bye" then shut its
 //!   sending side; E (15) whose peer sent "last" and closed;
 //! - dgram only: S (16) bound to an abstract name, holding two messages
-//!   from K (17), which is connected to S.
+//!   from K (17), which is connected to S, then one from T (18), bound to
+//!   a name of its own, and one from a socket bound to a third name that
+//!   then closed: after restore `recvfrom` on S still names each sender.
 //!
 //! After restore: types, flags and options, every queued byte in order
 //! (message boundaries for dgram and seqpacket, nothing more queued),
@@ -16,7 +18,7 @@
 use rcr_tests::fdops::{place, status_flags, sys};
 use rcr_tests::pattern;
 use rcr_tests::sockops::{
-    bind, connect, get_opt, local_name, recv_now, send, set_opt, socket, socketpair,
+    bind, connect, get_opt, local_name, recv_from_now, recv_now, send, set_opt, socket, socketpair,
 };
 use rcr_tests::workload::{self, getpid, Args, Verdict};
 use std::cell::Cell;
@@ -29,6 +31,7 @@ const D: i32 = 14;
 const E: i32 = 15;
 const S: i32 = 16;
 const K: i32 = 17;
+const T: i32 = 18;
 const SNDBUF: i32 = 96 << 10;
 const A_TO_B: &[usize] = &[1, 0, 3000, 17, 60_000];
 const B_TO_A: &[usize] = &[5, 1200];
@@ -62,6 +65,11 @@ fn messages(kind: i32, sizes: &[usize], seed: u64) -> Vec<Vec<u8>> {
             m
         })
         .collect()
+}
+
+/// The abstract name of a sender to S.
+fn sender_name(who: &str) -> Vec<u8> {
+    format!("\0rcr-test-dgram-{who}-{}", getpid()).into_bytes()
 }
 
 fn abstract_name() -> Vec<u8> {
@@ -113,6 +121,16 @@ fn build(kind: i32, sndbuf: &Cell<i32>) -> Result<(), String> {
         for m in K_TO_S {
             send(K, m)?;
         }
+        place(socket(kind)?, T, 0)?;
+        bind(T, &sender_name("t"))?;
+        connect(T, &abstract_name())?;
+        send(T, b"from T")?;
+        let gone = socket(kind)?;
+        bind(gone, &sender_name("gone"))?;
+        connect(gone, &abstract_name())?;
+        send(gone, b"from a closed socket")?;
+        // SAFETY: closes our own descriptor.
+        unsafe { libc::close(gone) };
     }
     Ok(())
 }
@@ -197,9 +215,19 @@ fn check(kind: i32, sndbuf: i32, v: &mut Verdict) -> Result<(), String> {
     }
     if kind == libc::SOCK_DGRAM {
         v.eq("S's name", local_name(S)?, abstract_name());
+        let from = |m: &[u8], who: Vec<u8>| Some((m.to_vec(), who));
         for m in K_TO_S {
-            v.eq("S reads from K", recv_now(S, 64)?, Some(m.to_vec()));
+            v.eq("S reads from K", recv_from_now(S, 64)?, from(m, vec![]));
         }
+        let t = sender_name("t");
+        v.eq("S reads from T", recv_from_now(S, 64)?, from(b"from T", t));
+        let gone = sender_name("gone");
+        let closed = from(b"from a closed socket", gone);
+        v.eq(
+            "S reads from the closed sender",
+            recv_from_now(S, 64)?,
+            closed,
+        );
         send(K, b"after")?;
         v.eq(
             "S reads new data",
