@@ -255,6 +255,7 @@ pub fn round_trip(
         dir: dir.to_path_buf(),
         leave_running: false,
         tcp_established: false,
+        shell_job: false,
     })
     .unwrap_or_else(|e| panic!("dump {args:?}: {e}"));
     let dump_s = t.elapsed().as_secs_f64();

@@ -34,6 +34,10 @@ enum Command {
         /// in the tree, or a peer that stays quiet until the restore).
         #[arg(long)]
         tcp_established: bool,
+        /// The tree is a job of a shell outside it: its controlling terminal
+        /// is stored as the caller's (restore it with --shell-job).
+        #[arg(long)]
+        shell_job: bool,
         /// Print what the dump did as JSON on stdout.
         #[arg(long)]
         stats: bool,
@@ -69,6 +73,10 @@ enum Command {
             requires = "cpu_profile"
         )]
         cpu_profile_mode: rcr_engine::cpu::ProfileMode,
+        /// Restore a tree dumped with --shell-job onto rcr's stdin terminal,
+        /// in rcr's session, its job in the foreground.
+        #[arg(long)]
+        shell_job: bool,
     },
     /// Print this host's CPU: identity, features by name, XSAVE layout.
     Cpu {
@@ -125,6 +133,7 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
             dir,
             leave_running,
             tcp_established,
+            shell_job,
             stats,
         } => {
             let s = rcr_engine::dump(&rcr_engine::DumpOptions {
@@ -132,6 +141,7 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
                 dir,
                 leave_running,
                 tcp_established,
+                shell_job,
             })?;
             if stats {
                 println!("{}", serde_json::to_string(&s).expect("stats serialize"));
@@ -144,6 +154,7 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
             cpu_profile,
             cpu_profile_mode,
             pids,
+            shell_job,
         } => {
             let cpu_profile = cpu_profile
                 .map(|p| rcr_engine::cpu::CpuProfile::parse(&p))
@@ -154,6 +165,7 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
                 pids,
                 cpu_check,
                 cpu_profile,
+                shell_job,
             })?;
             for w in &s.warnings {
                 eprintln!("rcr: warning: {w}");

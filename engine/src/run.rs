@@ -314,6 +314,7 @@ fn dump_into(dir: &Path, pid: i32, leave_running: bool) -> Result<crate::DumpSta
         dir: fresh.clone(),
         leave_running,
         tcp_established: false,
+        shell_job: false,
     })?;
     if target.exists() {
         std::fs::rename(&target, &old).map_err(|e| Error::io(&target, e))?;

@@ -9,6 +9,7 @@
 //! - [`maps`]: `/proc/self/maps` lookups for workloads that check mappings.
 //! - [`fdops`]: descriptor helpers for the workloads that build fd state.
 //! - [`sockops`]: unix socket helpers for the socket workloads.
+//! - [`ttyops`]: pseudo-terminal helpers for the terminal workloads and tests.
 //! - [`harness`]: the test side: temp dirs, spawning, running `rcr`, waiting.
 //! - [`unpriv`]: a plain user and a copy of `rcr` with file capabilities.
 
@@ -20,5 +21,6 @@ pub mod pattern;
 pub mod regloop;
 pub mod sigs;
 pub mod sockops;
+pub mod ttyops;
 pub mod unpriv;
 pub mod workload;

@@ -22,5 +22,6 @@ pub mod sysv;
 pub mod thread;
 pub mod timerfd;
 pub mod timers;
+pub mod tty;
 pub mod unix_socket;
 pub mod vdso;

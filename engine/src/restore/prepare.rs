@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::objects::{
     files, fs_context, locks, memory, mm_fields, posix_shm, rlimits, shmem, signals, sysv, thread,
-    timers,
+    timers, tty,
 };
 use crate::restore::child::FdInstall;
 use crate::restore::load::{Checkpoint, ProcessImages};
@@ -36,6 +36,9 @@ pub struct PreparedProcess {
     /// Each thread's arguments, leader first, with `pending`/`nr_pending`
     /// holding the index of its signals in `pending` and their count.
     pub threads: Vec<ThreadArgs>,
+    /// The pty it leads the session of: rcr's descriptor of the master
+    /// and the foreground group.
+    pub ctty: Option<(i32, i32)>,
 }
 
 /// A restore, ready to create its tree. rcr holds every descriptor any
@@ -115,7 +118,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         .map(|i| i.fs.fds.as_slice())
         .collect();
     let mut source_of: BTreeMap<u32, i32> = BTreeMap::new();
-    for (id, fd) in files::open_task_files(&c.files, &task_fds)? {
+    for (id, fd) in files::open_task_files(&c.files, &task_fds, &mut warnings)? {
         source_of.insert(id, place_above(fd, &mut next_fd, &mut held)?);
     }
     let mut cwd_of = Vec::new();
@@ -146,7 +149,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
             .collect();
         let posix_locks =
             locks::prepare_locks(p.entry.pid, &images.fs, |id| source_of[&id], range.clone())?;
-        processes.push(Some(prepare_process(
+        let mut prepared = prepare_process(
             p.entry.pid,
             images,
             range,
@@ -155,7 +158,10 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
             posix_locks,
             cwd_fd,
             &mut warnings,
-        )?));
+        )?;
+        prepared.ctty =
+            tty::controlled_by(&c.files, p.entry.pid).map(|(id, fg)| (source_of[&id], fg));
+        processes.push(Some(prepared));
     }
     Ok(Prepared {
         processes,
@@ -354,6 +360,7 @@ fn prepare_process(
         pending,
         posix_timers: timers::restore_posix_timers(pid, &c.core.posix_timers)?,
         threads,
+        ctty: None,
     })
 }
 
