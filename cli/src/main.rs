@@ -74,8 +74,9 @@ enum Command {
         )]
         cpu_profile_mode: rcr_engine::cpu::ProfileMode,
         /// Restore a tree dumped with --shell-job onto rcr's stdin terminal,
-        /// in rcr's session, its job in the foreground.
-        #[arg(long)]
+        /// in rcr's session, its job in the foreground; rcr stays its parent
+        /// until it ends, relaying job control, and exits with its status.
+        #[arg(long, conflicts_with = "cpu_profile")]
         shell_job: bool,
     },
     /// Print this host's CPU: identity, features by name, XSAVE layout.
@@ -174,6 +175,11 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
                 eprintln!("{}", serde_json::to_string(&s).expect("stats serialize"));
             }
             println!("{}", s.pid);
+            if shell_job {
+                std::io::Write::flush(&mut std::io::stdout())
+                    .map_err(|e| rcr_engine::Error::io("stdout", e))?;
+                return Ok(ExitCode::from(rcr_engine::follow_shell_job(s.pid)?));
+            }
             if let Some(emulator) = s.cpu_emulator {
                 std::io::Write::flush(&mut std::io::stdout())
                     .map_err(|e| rcr_engine::Error::io("stdout", e))?;

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 /// How long bytes written to one end may take to show at the other.
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A new pty pair, neither end becoming a controlling terminal: (master,
-/// slave, the slave's path).
+/// A new pty pair, neither end becoming a controlling terminal, both
+/// close-on-exec: (master, slave, the slave's path).
 pub fn open_pty() -> Result<(i32, i32, String), String> {
     // SAFETY: posix_openpt takes flags; the result is checked.
     let m = sys(
-        unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) } as i64,
+        unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) } as i64,
         "posix_openpt",
     )? as i32;
     // SAFETY: unlockpt on the master we just opened.
@@ -24,7 +24,7 @@ pub fn open_pty() -> Result<(i32, i32, String), String> {
         "TIOCGPTN",
     )?;
     let path = format!("/dev/pts/{n}");
-    let s = crate::fdops::open(&path, libc::O_RDWR | libc::O_NOCTTY)?;
+    let s = crate::fdops::open(&path, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
     Ok((m, s, path))
 }
 

@@ -585,6 +585,48 @@ pub fn preflight(table: &pb::FileTable, shell_job: bool) -> Result<()> {
     Ok(())
 }
 
+/// After a `--shell-job` restore, stays the parent of the restored root
+/// `root` until it ends, and returns its status as a shell shows it (128 +
+/// signal when killed). A job whose group has a parent outside it in the
+/// session is not orphaned, so ^Z stops it; rcr then stops too, so the
+/// shell that runs rcr sees its job stopped, and when the shell continues
+/// rcr (`fg`, `bg`) rcr gives the terminal back to the job's group if it
+/// holds it, and continues the job.
+pub fn follow_shell_job(root: i32) -> Result<u8> {
+    let sys = |what: &'static str| Error::sys(root, what, Errno::last());
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for our own child with a status we own.
+        let ret = unsafe { libc::waitpid(root, &mut status, libc::WUNTRACED | libc::__WALL) };
+        if ret < 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                _ => return Err(sys("waitpid for the restored shell job")),
+            }
+        }
+        if libc::WIFEXITED(status) {
+            return Ok(libc::WEXITSTATUS(status) as u8);
+        }
+        if libc::WIFSIGNALED(status) {
+            return Ok(128 + libc::WTERMSIG(status) as u8);
+        }
+        if libc::WIFSTOPPED(status) {
+            // SAFETY: process-group calls on rcr, its terminal and its
+            // own child's group.
+            unsafe {
+                let group = libc::getpgid(root);
+                libc::raise(libc::SIGSTOP);
+                if libc::tcgetpgrp(0) == libc::getpgrp() {
+                    libc::tcsetpgrp(0, group);
+                }
+                if libc::kill(-group, libc::SIGCONT) < 0 {
+                    return Err(sys("SIGCONT to the restored shell job"));
+                }
+            }
+        }
+    }
+}
+
 /// The pair process `pid` leads the session of, if any: the id of its
 /// master's file (which the leader makes its controlling terminal) and the
 /// saved foreground group.
