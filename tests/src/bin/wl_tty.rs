@@ -2,7 +2,9 @@
 //! at fd 20 and the slave at fd 21, sets the slave raw with VMIN 3 and
 //! VTIME 7 and a window of 33x111 (5x9 pixels), and leaves bytes queued
 //! both ways: [`TO_SLAVE`] written to the master, unread by the slave's
-//! reader, and [`TO_MASTER`] written to the slave, unread by the master's.
+//! reader, and [`TO_MASTER`] written to the slave, unread by the master's;
+//! then it locks the pair (TIOCSPTLCK), so no new slave can be opened
+//! until the check unlocks it.
 //! Child C starts a session with the slave as its controlling terminal and
 //! forks G, whose own group it puts in the terminal's foreground.
 //!
@@ -40,7 +42,9 @@ fn build() -> Result<(i32, i32), String> {
     sys(write_fd(SLAVE, TO_MASTER) as i64, "write to the slave")?;
     wait_queued(SLAVE, TO_SLAVE.len())?;
     wait_queued(MASTER, TO_MASTER.len())?;
-    start_session()
+    let kids = start_session()?;
+    set_lock(1)?;
+    Ok(kids)
 }
 
 /// Forks C (session leader on the slave) and G (the foreground group);
@@ -139,7 +143,29 @@ fn member_check() -> i32 {
     exit_code("G", v)
 }
 
+fn set_lock(mut on: libc::c_int) -> Result<(), String> {
+    // SAFETY: TIOCSPTLCK reads an int we own.
+    sys(
+        unsafe { libc::ioctl(MASTER, libc::TIOCSPTLCK, &mut on) } as i64,
+        "TIOCSPTLCK",
+    )?;
+    Ok(())
+}
+
+fn locked() -> Result<libc::c_int, String> {
+    let mut on: libc::c_int = 0;
+    // SAFETY: TIOCGPTLCK writes an int we own.
+    sys(
+        unsafe { libc::ioctl(MASTER, libc::TIOCGPTLCK, &mut on) } as i64,
+        "TIOCGPTLCK",
+    )?;
+    Ok(on)
+}
+
 fn check(v: &mut Verdict, (c, g): (i32, i32)) -> Result<(), String> {
+    v.eq("locked", locked()?, 1);
+    // C and G open /dev/tty, which a locked pty refuses.
+    set_lock(0)?;
     let t = get_termios(SLAVE)?;
     v.eq("ICANON|ECHO", t.c_lflag & (libc::ICANON | libc::ECHO), 0);
     v.eq("OPOST", t.c_oflag & libc::OPOST, 0);
