@@ -352,18 +352,15 @@ fn dump_pair(
             ),
         });
     }
-    let (input, output) =
-        take_queued(m, &t, packet, locked).map_err(sys("reading a pty's queues"))?;
-    if !input.is_empty() && t.c_lflag & libc::ICANON != 0 {
-        return Err(Error::Unsupported {
+    let (input, output) = take_queued(m, &t, packet, locked)
+        .map_err(sys("reading a pty's queues"))?
+        .map_err(|lines| Error::Unsupported {
             pid,
             what: format!(
-                "fd {fd}: pty {index} with {} bytes of lines queued for its reader in \
-                 canonical mode",
-                input.len()
+                "fd {fd}: pty {index} with {lines} bytes of lines queued for its reader \
+                     in canonical mode"
             ),
-        });
-    }
+        })?;
     Ok(pb::TtyPair {
         id,
         index,
@@ -391,14 +388,16 @@ fn dump_pair(
 }
 
 /// Reads the bytes queued each way and writes them back at once. In
-/// canonical mode FIONREAD counts complete lines only: they are read and
-/// put back too, and the caller refuses the pair.
+/// canonical mode a partial line the reader has not ended is not counted
+/// and cannot be read without changing the terminal, so bytes written back
+/// would land behind it: complete lines queued there are left untouched
+/// and their count returned as the error.
 fn take_queued(
     m: i32,
     t: &libc::termios2,
     packet: bool,
     locked: bool,
-) -> nix::Result<(Vec<u8>, Vec<u8>)> {
+) -> nix::Result<std::result::Result<(Vec<u8>, Vec<u8>), usize>> {
     if locked {
         set_int(m, libc::TIOCSPTLCK, false)?;
     }
@@ -412,11 +411,15 @@ fn take_queued(
     if packet {
         set_int(m, libc::TIOCPKT, false)?;
     }
+    let lines = queued(s)?;
+    if lines > 0 && t.c_lflag & libc::ICANON != 0 {
+        return Ok(Err(lines));
+    }
     let taken = (|| {
-        let input = read_queued(s, queued(s)?)?;
+        let input = read_queued(s, lines)?;
         let output = read_queued(m, queued(m)?)?;
         put_queued(m, s, t, &input, &output)?;
-        Ok((input, output))
+        Ok(Ok((input, output)))
     })();
     if packet {
         set_int(m, libc::TIOCPKT, true)?;
@@ -710,11 +713,26 @@ mod tests {
         ioctl(m, libc::TCSETS2, &mut t).unwrap();
         let quiet = t;
         put_queued(m, s.as_raw_fd(), &quiet, b"typed", b"shown").unwrap();
-        let (input, output) = take_queued(m, &t, false, false).unwrap();
+        let (input, output) = take_queued(m, &t, false, false).unwrap().unwrap();
         assert_eq!((&input[..], &output[..]), (&b"typed"[..], &b"shown"[..]));
         // Put back: a second look sees the same.
-        let (again, _) = take_queued(m, &t, false, false).unwrap();
+        let (again, _) = take_queued(m, &t, false, false).unwrap().unwrap();
         assert_eq!(again, b"typed");
+        // In canonical mode, complete lines are left where they are.
+        t.c_lflag |= libc::ICANON;
+        ioctl(m, libc::TCSETS2, &mut t).unwrap();
+        write_all(m, b"line\n").unwrap();
+        let deadline = std::time::Instant::now() + QUEUE_WAIT;
+        while queued(s.as_raw_fd()).unwrap() < 10 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the line never arrived"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(take_queued(m, &t, false, false).unwrap(), Err(5 + 5));
+        t.c_lflag &= !libc::ICANON;
+        ioctl(m, libc::TCSETS2, &mut t).unwrap();
         let stat = dump_pair(1, 0, (0, 0), &owned_dup(m), &[]).unwrap();
         let mut warnings = Vec::new();
         let made = make_pair(&stat, &mut warnings).unwrap();
