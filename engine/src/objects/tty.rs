@@ -387,6 +387,9 @@ fn dump_pair(
     })
 }
 
+/// The bytes queued for the slave's reader and for the master's.
+type Queued = (Vec<u8>, Vec<u8>);
+
 /// Reads the bytes queued each way and writes them back at once. In
 /// canonical mode a partial line the reader has not ended is not counted
 /// and cannot be read without changing the terminal, so bytes written back
@@ -397,7 +400,7 @@ fn take_queued(
     t: &libc::termios2,
     packet: bool,
     locked: bool,
-) -> nix::Result<std::result::Result<(Vec<u8>, Vec<u8>), usize>> {
+) -> nix::Result<std::result::Result<Queued, usize>> {
     if locked {
         set_int(m, libc::TIOCSPTLCK, false)?;
     }
