@@ -343,6 +343,12 @@ fn dump_pair(
         0 => 0,
         _ => get_int(m, libc::TIOCGPGRP).map_err(sys("TIOCGPGRP on a pty master"))?,
     };
+    // A foreground group whose processes all exited cannot be given back:
+    // the session leader's own group is left in the foreground then.
+    let foreground = match tree.iter().any(|p| p.pgid == foreground && p.sid == sid) {
+        true => foreground,
+        false => 0,
+    };
     if sid != 0 && !tree.iter().any(|p| p.pid == sid && !p.zombie) {
         return Err(Error::Unsupported {
             pid,
