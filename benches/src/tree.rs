@@ -272,6 +272,7 @@ pub fn round_trip_tcp(
         leave_running: false,
         tcp_established,
         external_unix: false,
+        shell_job: false,
     })
     .unwrap_or_else(|e| panic!("dump {args:?}: {e}"));
     let dump_s = t.elapsed().as_secs_f64();

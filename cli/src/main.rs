@@ -39,6 +39,10 @@ enum Command {
         /// them to that name again.
         #[arg(long)]
         external_unix: bool,
+        /// The tree is a job of a shell outside it: its controlling terminal
+        /// is stored as the caller's (restore it with --shell-job).
+        #[arg(long)]
+        shell_job: bool,
         /// Print what the dump did as JSON on stdout.
         #[arg(long)]
         stats: bool,
@@ -78,6 +82,11 @@ enum Command {
             requires = "cpu_profile"
         )]
         cpu_profile_mode: rcr_engine::cpu::ProfileMode,
+        /// Restore a tree dumped with --shell-job onto rcr's stdin terminal,
+        /// in rcr's session, its job in the foreground; rcr stays its parent
+        /// until it ends, relaying job control, and exits with its status.
+        #[arg(long, conflicts_with = "cpu_profile")]
+        shell_job: bool,
     },
     /// Print this host's CPU: identity, features by name, XSAVE layout.
     Cpu {
@@ -149,6 +158,7 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
             leave_running,
             tcp_established,
             external_unix,
+            shell_job,
             stats,
         } => {
             let s = rcr_engine::dump(&rcr_engine::DumpOptions {
@@ -157,6 +167,7 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
                 leave_running,
                 tcp_established,
                 external_unix,
+                shell_job,
             })?;
             if stats {
                 println!("{}", serde_json::to_string(&s).expect("stats serialize"));
@@ -170,6 +181,7 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
             cpu_profile_mode,
             pids,
             external_unix,
+            shell_job,
         } => {
             let cpu_profile = cpu_profile
                 .map(|p| rcr_engine::cpu::CpuProfile::parse(&p))
@@ -181,6 +193,7 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
                 cpu_check,
                 cpu_profile,
                 external_unix,
+                shell_job,
             })?;
             for w in &s.warnings {
                 eprintln!("rcr: warning: {w}");
@@ -189,6 +202,11 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
                 eprintln!("{}", serde_json::to_string(&s).expect("stats serialize"));
             }
             println!("{}", s.pid);
+            if shell_job {
+                std::io::Write::flush(&mut std::io::stdout())
+                    .map_err(|e| rcr_engine::Error::io("stdout", e))?;
+                return Ok(ExitCode::from(rcr_engine::follow_shell_job(s.pid)?));
+            }
             if let Some(emulator) = s.cpu_emulator {
                 std::io::Write::flush(&mut std::io::stdout())
                     .map_err(|e| rcr_engine::Error::io("stdout", e))?;

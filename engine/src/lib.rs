@@ -23,6 +23,7 @@ mod show;
 
 pub use dump::{dump, DumpOptions, DumpStats};
 pub use error::{Error, Result};
+pub use objects::tty::follow_shell_job;
 pub use restore::pids::{PidChoice, PidStrategy};
 pub use restore::{restore, RestoreOptions, RestoreStats};
 pub use show::show;

@@ -501,6 +501,7 @@ fn dump_into(
         leave_running,
         tcp_established: false,
         external_unix: false,
+        shell_job: false,
     })?;
     if profile.is_some() {
         let path = rcr_images::ImageDir::new(&fresh).inventory();

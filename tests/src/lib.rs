@@ -9,6 +9,7 @@
 //! - [`maps`]: `/proc/self/maps` lookups for workloads that check mappings.
 //! - [`fdops`]: descriptor helpers for the workloads that build fd state.
 //! - [`sockops`]: unix socket helpers for the socket workloads.
+//! - [`ttyops`]: pseudo-terminal helpers for the terminal workloads and tests.
 //! - [`harness`]: the test side: temp dirs, spawning, running `rcr`, waiting.
 //! - [`rcr_run`]: `rcr run` started and watched from a test.
 //! - [`unpriv`]: a plain user and a copy of `rcr` with file capabilities.
@@ -22,5 +23,6 @@ pub mod rcr_run;
 pub mod regloop;
 pub mod sigs;
 pub mod sockops;
+pub mod ttyops;
 pub mod unpriv;
 pub mod workload;

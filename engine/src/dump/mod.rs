@@ -34,6 +34,9 @@ pub struct DumpOptions {
     /// Keep unix sockets connected to a named peer outside the tree, to be
     /// connected to that name again at restore, instead of refusing them.
     pub external_unix: bool,
+    /// The tree is a job of a shell outside it: descriptors of its
+    /// controlling terminal are stored as the caller's terminal.
+    pub shell_job: bool,
 }
 
 /// What a dump did.
@@ -131,10 +134,16 @@ fn write_tree(
         pages_bytes += dump_process(s.pid(), s.tids(), st, dir, &mut file_table)?;
     }
     file_table.resolve_epolls()?;
+    let caller = live
+        .first()
+        .and_then(|(_, st)| crate::objects::tty::Caller::of(st));
+    let (ttys, caller_fg) = file_table.resolve_ttys(&entries, caller.as_ref(), opts.shell_job)?;
     file_table.check_unix_sockets()?;
     let repaired = file_table.take_repaired();
     let mut table = file_table.finish();
     table.posix_shm = crate::objects::posix_shm::dump(opts.pid, &table)?;
+    table.ttys = ttys;
+    table.caller_tty_foreground = caller_fg;
     images::write(&dir.files(), &table)?;
     images::write(&dir.pstree(), &pb::ProcessTree { processes: entries })?;
     let ipc = crate::objects::sysv::dump(&pids)?;

@@ -9,7 +9,7 @@
 //! installs it at every number, and offset and flags keep moving together.
 
 use super::{
-    deleted, epoll, eventfd, inet_socket, inotify, memfd, pipe, shmem, signalfd, timerfd,
+    deleted, epoll, eventfd, inet_socket, inotify, memfd, pipe, shmem, signalfd, timerfd, tty,
     unix_socket,
 };
 use crate::error::{Error, Result};
@@ -53,6 +53,7 @@ pub struct FileTableBuilder {
     /// Shared anonymous memory objects, by shmem id, and their bytes in all.
     shmem: BTreeMap<u64, pb::ShmemObject>,
     shmem_bytes: u64,
+    ttys: tty::Collected,
 }
 
 /// An open file description already stored: a descriptor of it, and its id.
@@ -346,6 +347,24 @@ impl FileTableBuilder {
         Ok(())
     }
 
+    /// Ties terminal descriptors to their pty pairs, or to the caller's
+    /// terminal with `--shell-job` (`caller`: the root's controlling
+    /// terminal), and stores the pairs; refuses a terminal outside the tree.
+    pub fn resolve_ttys(
+        &mut self,
+        tree: &[pb::ProcessEntry],
+        caller: Option<&tty::Caller>,
+        shell_job: bool,
+    ) -> Result<(Vec<pb::TtyPair>, i32)> {
+        let ttys = std::mem::take(&mut self.ttys);
+        let pairs = ttys.resolve(&mut self.entries, tree, caller, shell_job)?;
+        let foreground = match shell_job {
+            true => tty::caller_foreground(caller, tree),
+            false => 0,
+        };
+        Ok((pairs, foreground))
+    }
+
     /// The finished table.
     pub fn finish(self) -> pb::FileTable {
         pb::FileTable {
@@ -355,6 +374,8 @@ impl FileTableBuilder {
             deleted: self.deleted.saved,
             posix_shm: Vec::new(),
             shmem: self.shmem.into_values().collect(),
+            ttys: Vec::new(),
+            caller_tty_foreground: 0,
         }
     }
 }
@@ -415,6 +436,10 @@ fn supported(meta: &std::fs::Metadata) -> bool {
         || (t.is_char_device() && libc::major(meta.rdev()) == MEM_DEVICE_MAJOR)
 }
 
+fn is_terminal(meta: &std::fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && tty::is_terminal(meta.rdev())
+}
+
 /// The kernel object behind a descriptor that rcr can checkpoint.
 enum Object {
     /// Reached by path: regular file, directory, memory device.
@@ -436,6 +461,8 @@ enum Object {
     Unix(OwnedFd),
     /// An AF_INET or AF_INET6 socket (rcr's descriptor) and its family.
     Inet(OwnedFd, i32),
+    /// A terminal: a pty end, or the caller's terminal, by path.
+    Tty(PathBuf),
 }
 
 fn classify(
@@ -475,6 +502,10 @@ fn classify(
             path,
             deleted: false,
         } if supported(meta) => Some(Object::Path(PathBuf::from(path))),
+        FdTarget::Path {
+            path,
+            deleted: false,
+        } if is_terminal(meta) => Some(Object::Tty(PathBuf::from(path))),
         _ => None,
     }
 }
@@ -621,6 +652,14 @@ fn dump_object(pid: i32, f: &OpenFd, files: &mut FileTableBuilder) -> Result<Kin
             })
         }
         Object::Unix(sock) => Kind::Unix(files.unix.dump(pid, f.fd, sock, f.meta.ino(), flags)?),
+        Object::Tty(path) => {
+            let id = files.entries.len() as u32 + 1;
+            Kind::Tty(
+                files
+                    .ttys
+                    .dump_file(id, (pid, f.fd), path, &f.meta, &f.info, flags)?,
+            )
+        }
         Object::Inet(sock, family) => Kind::Inet(inet_socket::dump(
             pid,
             f.fd,
@@ -669,9 +708,11 @@ pub fn open_task_files<'a>(
     table: &'a pb::FileTable,
     tasks: &[&'a [pb::Fd]],
     made: &mut MadeFiles<'a>,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<(u32, OwnedFd)>> {
     let mut pipes = Made::new(&table.pipes, |p| p.id, pipe::make_pipe);
     let mut sockets = unix_socket::Made::default();
+    let mut ttys = tty::Made::new(&table.ttys);
     let mut opened: Vec<(u32, OwnedFd)> = Vec::new();
     let mut epolls: Vec<epoll::ToMake> = Vec::new();
     let mut done: HashSet<u32> = HashSet::new();
@@ -682,11 +723,13 @@ pub fn open_task_files<'a>(
             &mut pipes,
             made,
             &mut sockets,
+            &mut ttys,
             &mut opened,
             &mut epolls,
             &mut done,
         )?;
     }
+    ttys.finish(warnings)?;
     let made = epoll::restore_epolls(&epolls, &opened)?;
     opened.extend(made);
     for (id, fd) in &opened {
@@ -704,6 +747,7 @@ fn open_one_task<'a>(
     pipes: &mut Made<'a, pb::Pipe>,
     made: &mut MadeFiles<'a>,
     sockets: &mut unix_socket::Made,
+    ttys: &mut tty::Made,
     opened: &mut Vec<(u32, OwnedFd)>,
     epolls: &mut Vec<epoll::ToMake<'a>>,
     done: &mut HashSet<u32>,
@@ -724,6 +768,7 @@ fn open_one_task<'a>(
             Kind::Deleted(d) => reopen_at(made.deleted.get(d.deleted_id)?, d.flags, d.pos)?,
             Kind::Unix(_) => sockets.take(table, fd.file_id)?,
             Kind::Inet(s) => inet_socket::restore(s)?,
+            Kind::Tty(t) => ttys.open(t)?,
             Kind::Epoll(e) => {
                 epolls.push((fd.file_id, e, fds));
                 continue;
@@ -759,6 +804,9 @@ pub fn check_table(table: &pb::FileTable, fds: &[pb::Fd]) -> std::result::Result
             }
             Some(Kind::Inet(s)) => {
                 inet_socket::check_saved(s).map_err(|e| format!("file {}: {e}", f.id))?
+            }
+            Some(Kind::Tty(t)) => {
+                tty::check_saved(table, t).map_err(|e| format!("file {}: {e}", f.id))?
             }
             Some(Kind::Epoll(e)) => {
                 let stored = |t: &&pb::EpollTarget| match t.file_id {

@@ -24,5 +24,6 @@ pub mod sysv;
 pub mod thread;
 pub mod timerfd;
 pub mod timers;
+pub mod tty;
 pub mod unix_socket;
 pub mod vdso;

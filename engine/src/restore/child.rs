@@ -51,6 +51,22 @@ pub mod op {
     pub const HELPER: u32 = 10;
     /// [`HELPER`] with the next pid the kernel gives, which rcr made `arg`.
     pub const HELPER_NEXT: u32 = 11;
+    /// Take the terminal of [`ChildPlan::ctty`] as controlling terminal
+    /// (a session leader, right after SETSID, before it forks).
+    pub const CTTY: u32 = 12;
+    /// Make group `arg` the foreground of [`ChildPlan::ctty`].
+    pub const FOREGROUND: u32 = 13;
+}
+
+/// A terminal a task gives back to its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ctty {
+    /// A descriptor of it (a pty master, or rcr's stdin), inherited from rcr.
+    pub fd: i32,
+    /// The group to put in the foreground; 0: leave it.
+    pub foreground: i32,
+    /// Take it as controlling terminal first (the session leader).
+    pub acquire: bool,
 }
 
 /// One descriptor to install: `src` (rcr's) becomes `target` (the task's).
@@ -77,6 +93,7 @@ pub struct ChildPlan<'a> {
     pub sync_fd: i32,
     /// Where the restore goes; `None` for a zombie.
     pub restore: Option<RestorePlan<'a>>,
+    pub ctty: Option<Ctty>,
 }
 
 /// What a live task does on `Go`.
@@ -245,6 +262,31 @@ fn serve(plans: &[ChildPlan], me: usize, rseq: RseqConf) -> ! {
                     if result == 0 && libc::getpid() != cmd.arg {
                         libc::syscall(libc::SYS_exit_group, 0);
                     }
+                }
+                op::CTTY => {
+                    let fd = plan.ctty.map_or(-1, |c| c.fd);
+                    sys(
+                        libc::ioctl(fd, libc::TIOCSCTTY, 0) as libc::c_long,
+                        Step::ChildSession,
+                    );
+                }
+                op::FOREGROUND => {
+                    // A group not in the foreground may set it only with
+                    // SIGTTOU blocked; the restorer sets the saved mask.
+                    let ttou: u64 = 1 << (libc::SIGTTOU - 1);
+                    libc::syscall(
+                        libc::SYS_rt_sigprocmask,
+                        libc::SIG_BLOCK,
+                        &ttou,
+                        0usize,
+                        8usize,
+                    );
+                    let fd = plan.ctty.map_or(-1, |c| c.fd);
+                    let pgrp: libc::pid_t = cmd.arg;
+                    sys(
+                        libc::ioctl(fd, libc::TIOCSPGRP, &pgrp) as libc::c_long,
+                        Step::ChildSession,
+                    );
                 }
                 op::REAP => {
                     libc::waitpid(cmd.arg, std::ptr::null_mut(), libc::__WALL);

@@ -166,6 +166,7 @@ pub fn create(
         writers.push(w);
     }
     let root = procs[0].pid;
+    let cttys: Vec<_> = plans.iter().map(|p| p.ctty).collect();
     // An rcr with file capabilities is not dumpable, nor are the copies it
     // forks, and only a dumpable task can be traced by its owner without
     // CAP_SYS_PTRACE. Others of the user still cannot trace rcr: they lack
@@ -304,6 +305,9 @@ pub fn create(
             }
             TreeStep::Setsid(i) => {
                 ask(i, op::SETSID, 0, pids)?;
+                if cttys.get(i).is_some_and(|c| c.is_some_and(|c| c.acquire)) {
+                    ask(i, op::CTTY, 0, pids)?;
+                }
             }
             TreeStep::OwnGroup(i) => {
                 ask(i, op::OWN_GROUP, 0, pids)?;
@@ -350,6 +354,11 @@ pub fn create(
                 command(i, op::EXIT, procs[i].exit_code)?;
                 wait_exit(procs[i].pid)?;
             }
+        }
+    }
+    for (i, c) in cttys.iter().enumerate() {
+        if let Some(c) = c.filter(|c| c.foreground != 0) {
+            ask(i, op::FOREGROUND, c.foreground, pids)?;
         }
     }
     let plain_clone = (pids.strategy() != PidStrategy::SetTid) as i32;

@@ -34,6 +34,9 @@ pub struct RestoreOptions {
     /// Connect unix sockets whose peer was outside the tree to that peer's
     /// name again (`--external-unix`); without it such a checkpoint is refused.
     pub external_unix: bool,
+    /// The tree was dumped as a shell job: it joins rcr's session, on rcr's
+    /// stdin terminal, its saved foreground group in the foreground.
+    pub shell_job: bool,
 }
 
 /// What a restore did.
@@ -88,6 +91,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
         &mut socket_warnings,
     )?;
     let self_armed = preflight_self_armed(&ckpt)?;
+    crate::objects::tty::preflight(&ckpt.files, opts.shell_job)?;
     let xlayouts = (
         crate::cpu::image_layout(&ckpt.inventory),
         rcr_arch::xsave::XsaveLayout::host(),
@@ -158,6 +162,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
             exit_signal: p.entry.exit_signal,
             comm: thread::comm_bytes(&p.entry.comm),
             sync_fd: -1,
+            ctty: ctty_of(prep.as_ref(), plans.is_empty(), &ckpt.files, opts.shell_job),
             restore,
         });
         releases.push(create::Release {
@@ -216,6 +221,29 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
         warnings,
         cpu_emulator: masked.map(|table| crate::cpu_mask::Emulator::new(table, tids)),
     })
+}
+
+/// The terminal task gives back: the pty whose session it leads, or for
+/// the root of a shell job rcr's stdin terminal, with the saved foreground.
+fn ctty_of(
+    prep: Option<&prepare::PreparedProcess>,
+    root: bool,
+    files: &rcr_images::pb::FileTable,
+    shell_job: bool,
+) -> Option<child::Ctty> {
+    let own = prep
+        .and_then(|p| p.ctty)
+        .map(|(fd, foreground)| child::Ctty {
+            fd,
+            foreground,
+            acquire: true,
+        });
+    let callers = (root && shell_job && files.caller_tty_foreground != 0).then_some(child::Ctty {
+        fd: 0,
+        foreground: files.caller_tty_foreground,
+        acquire: false,
+    });
+    own.or(callers)
 }
 
 /// One process's restorer hole, laid out and filled in.

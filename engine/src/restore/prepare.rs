@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::objects::{
     files, fs_context, locks, memory, mm_fields, pid_ns, posix_shm, rlimits, shmem, signals, sysv,
-    thread, timers,
+    thread, timers, tty,
 };
 use crate::restore::child::FdInstall;
 use crate::restore::load::{Checkpoint, ProcessImages};
@@ -36,6 +36,9 @@ pub struct PreparedProcess {
     /// Each thread's arguments, leader first, with `pending`/`nr_pending`
     /// holding the index of its signals in `pending` and their count.
     pub threads: Vec<ThreadArgs>,
+    /// The pty it leads the session of: rcr's descriptor of the master
+    /// and the foreground group.
+    pub ctty: Option<(i32, i32)>,
 }
 
 /// A restore, ready to create its tree. rcr holds every descriptor any
@@ -121,7 +124,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         .map(|i| i.fs.fds.as_slice())
         .collect();
     let mut source_of: BTreeMap<u32, i32> = BTreeMap::new();
-    for (id, fd) in files::open_task_files(&c.files, &task_fds, &mut made)? {
+    for (id, fd) in files::open_task_files(&c.files, &task_fds, &mut made, &mut warnings)? {
         source_of.insert(id, place_above(fd, &mut next_fd, &mut held)?);
     }
     let mut cwd_of = Vec::new();
@@ -163,6 +166,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
             &mut warnings,
         )?;
         own_namespace_ids(&p.entry, &mut prep);
+        prep.ctty = tty::controlled_by(&c.files, p.entry.pid).map(|(id, fg)| (source_of[&id], fg));
         processes.push(Some(prep));
     }
     Ok(Prepared {
@@ -375,6 +379,7 @@ fn prepare_process(
         pending,
         posix_timers: timers::restore_posix_timers(pid, &c.core.posix_timers)?,
         threads,
+        ctty: None,
     })
 }
 
