@@ -11,6 +11,7 @@
 //! the prepared hole and jumps into the restorer.
 
 use crate::objects::locks::PosixLock;
+use crate::restore::premap::PremapOp;
 use rcr_parasite::restore_abi::{trap_failed, CloneArgs, RestoreArgs, RseqConf, Step, TRAP_ACK};
 use std::arch::asm;
 
@@ -48,6 +49,8 @@ pub mod op {
     pub const HELPER: u32 = 10;
     /// [`HELPER`] with the next pid the kernel gives, which rcr made `arg`.
     pub const HELPER_NEXT: u32 = 11;
+    /// Premap the memory that children inherit (before any fork).
+    pub const PREMAP: u32 = 12;
 }
 
 /// One descriptor to install: `src` (rcr's) becomes `target` (the task's).
@@ -87,6 +90,8 @@ pub struct RestorePlan<'a> {
     pub stack_top: u64,
     pub args_addr: u64,
     pub rseq_offset: u64,
+    /// Done on [`op::PREMAP`].
+    pub premap: &'a [PremapOp],
 }
 
 fn fail(step: Step, ret: i64) -> ! {
@@ -219,11 +224,79 @@ fn serve(plans: &[ChildPlan], me: usize, rseq: RseqConf) -> ! {
                     libc::prctl(libc::PR_SET_NAME, plan.comm.as_ptr());
                     exit_as(cmd.arg)
                 }
+                op::PREMAP => match &plan.restore {
+                    Some(r) => premap(r.premap),
+                    None => fail(Step::ChildSync, 0),
+                },
                 op::GO => match &plan.restore {
                     Some(r) => go(r, rseq, cmd.arg != 0),
                     None => fail(Step::ChildSync, 0),
                 },
                 _ => fail(Step::ChildSync, 0),
+            }
+        }
+    }
+}
+
+/// `madvise` advice that faults a range in writable, not in older libc.
+const MADV_POPULATE_WRITE: i32 = 23;
+
+/// Carries out the premap steps (see [`crate::restore::premap`]).
+fn premap(ops: &[PremapOp]) {
+    let failed = |addr: u64| -> ! {
+        // SAFETY: reading errno of this thread.
+        let errno = unsafe { *libc::__errno_location() } as u64;
+        trap_failed(Step::ChildPremap, errno, addr)
+    };
+    for op in ops {
+        // SAFETY: maps, fills and trims the premap area, which rcr placed
+        // clear of every mapping of this copy of rcr.
+        unsafe {
+            match *op {
+                PremapOp::Map {
+                    addr,
+                    len,
+                    flags,
+                    fd,
+                    pgoff,
+                } => {
+                    let got = libc::mmap(
+                        addr as *mut libc::c_void,
+                        len as usize,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        flags as i32 | libc::MAP_FIXED,
+                        fd,
+                        pgoff as libc::off_t,
+                    );
+                    if got as u64 != addr {
+                        failed(addr);
+                    }
+                }
+                PremapOp::Read { addr, len, fd, off } => {
+                    // Faster than faulting page by page; the reads below
+                    // fault in whatever this leaves out.
+                    libc::madvise(addr as *mut libc::c_void, len as usize, MADV_POPULATE_WRITE);
+                    let mut done = 0;
+                    while done < len {
+                        let n = libc::pread(
+                            fd,
+                            (addr + done) as *mut libc::c_void,
+                            (len - done) as usize,
+                            (off + done) as libc::off_t,
+                        );
+                        if n <= 0 {
+                            failed(addr + done);
+                        }
+                        done += n as u64;
+                    }
+                }
+                PremapOp::Drop { addr, len } => {
+                    if libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED)
+                        != 0
+                    {
+                        failed(addr);
+                    }
+                }
             }
         }
     }
