@@ -3,12 +3,13 @@
 //! The task is a copy of rcr (possibly multi-threaded, so only raw syscalls:
 //! no allocation, no locks, no panics). The root waits until rcr has
 //! attached and learns the rseq registration it inherited. Then every task
-//! serves rcr's commands, which rebuild the tree in order: start a session
-//! or group, fork a child with its saved pid (the child serves commands in
-//! turn), join a group, exit as a zombie. Each command is acknowledged with
-//! a trap that rcr, tracing the task, catches. On `Go` the task installs its
-//! file descriptors, changes into the saved cwd, blocks all signals, maps
-//! the prepared hole and jumps into the restorer.
+//! serves rcr's commands, which rebuild the tree in order: premap the
+//! memory its children inherit, start a session or group, fork a child with
+//! its saved pid (the child serves commands in turn), join a group, exit as
+//! a zombie. Each command is acknowledged with a trap that rcr, tracing the
+//! task, catches. On `Go` the task installs its file descriptors, changes
+//! into the saved cwd, blocks all signals, maps the prepared hole and jumps
+//! into the restorer.
 
 use crate::objects::locks::PosixLock;
 use crate::restore::premap::PremapOp;
