@@ -89,7 +89,7 @@ fn code_bytes(
         .pagemap
         .runs
         .iter()
-        .find(|r| r.vaddr <= rip && rip < r.vaddr + r.nr_pages * PAGE_SIZE);
+        .find(|r| !r.inherited && r.vaddr <= rip && rip < r.vaddr + r.nr_pages * PAGE_SIZE);
     match (saved, file) {
         (Some(r), _) => {
             let pages = std::fs::File::open(&c.pages_path).ok()?;

@@ -34,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             nr_pages: run_pages,
             offset,
             checksum: checksum(&data),
+            inherited: false,
         });
         offset += run_bytes as u64;
     }

@@ -60,7 +60,7 @@ pub fn run_len(run: &pb::PageRun) -> Option<u64> {
 
 /// Checks the layout of `map`'s runs against a pages file of `file_len` bytes, without
 /// reading it: non-empty, page-aligned, after the header, inside the file, no two runs
-/// sharing file bytes.
+/// sharing file bytes. Inherited runs have no bytes in the file.
 pub fn check_run_layout(path: &Path, map: &pb::PageMap, file_len: u64) -> Result<(), ImageError> {
     let bad = |run: &pb::PageRun, problem| ImageError::Run {
         path: path.to_path_buf(),
@@ -73,6 +73,9 @@ pub fn check_run_layout(path: &Path, map: &pb::PageMap, file_len: u64) -> Result
         }
         if run.vaddr % PAGE_SIZE != 0 || run.offset % PAGE_SIZE != 0 {
             return Err(bad(run, RunProblem::Misaligned { offset: run.offset }));
+        }
+        if run.inherited {
+            continue;
         }
         if run.offset < PAGES_HEADER_SIZE {
             return Err(bad(run, RunProblem::InHeader { offset: run.offset }));
@@ -89,7 +92,7 @@ pub fn check_run_layout(path: &Path, map: &pb::PageMap, file_len: u64) -> Result
             ));
         }
     }
-    let mut by_offset: Vec<&pb::PageRun> = map.runs.iter().collect();
+    let mut by_offset: Vec<&pb::PageRun> = map.runs.iter().filter(|r| !r.inherited).collect();
     by_offset.sort_unstable_by_key(|r| r.offset);
     for pair in by_offset.windows(2) {
         let (prev, next) = (pair[0], pair[1]);
@@ -155,6 +158,9 @@ pub const MAX_HASH_THREADS: usize = 8;
 fn first_bad_run(data: &[u8], runs: &[pb::PageRun]) -> Option<usize> {
     let is_bad = |i: usize| {
         let run = &runs[i];
+        if run.inherited {
+            return false;
+        }
         let start = run.offset as usize;
         let end = start + (run.nr_pages * PAGE_SIZE) as usize;
         checksum(&data[start..end]) != run.checksum

@@ -23,6 +23,7 @@ fn write_pages(dir: &Path, runs: &[(u64, u64)]) -> (PathBuf, pb::PageMap) {
             nr_pages,
             offset,
             checksum: checksum(&file[start..]),
+            inherited: false,
         });
     }
     map.pages_file_size = file.len() as u64;
@@ -88,6 +89,25 @@ fn good_file_verifies() {
 }
 
 #[test]
+fn inherited_runs_have_no_bytes_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut map) = write_pages(dir.path(), &[(0x1000, 2)]);
+    map.runs.push(pb::PageRun {
+        vaddr: 0x9000,
+        nr_pages: 1000,
+        offset: 0,
+        checksum: 0,
+        inherited: true,
+    });
+    verify_runs(&path, &map).unwrap();
+    map.runs[1].inherited = false;
+    assert!(
+        verify_runs(&path, &map).is_err(),
+        "a data run in the header"
+    );
+}
+
+#[test]
 fn flipped_byte_in_page_data_names_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let (path, map) = write_pages(dir.path(), &[(0x1000, 2), (0x7f00_0000_0000, 3)]);
@@ -147,6 +167,7 @@ fn layout_problems_are_named() {
         nr_pages,
         offset,
         checksum: 0,
+        inherited: false,
     };
     let map = |runs| pb::PageMap {
         pages_file_size: len,

@@ -8,7 +8,7 @@
 pub use crate::parasite_abi::{Itimerspec, Itimerval, KernelSigaction, Timespec, Timeval};
 
 /// Bumped whenever a layout below changes; the restorer refuses a mismatch.
-pub const RESTORE_ABI_VERSION: u32 = 4;
+pub const RESTORE_ABI_VERSION: u32 = 5;
 
 /// Pid namespace levels a task's ids are given for, rcr's own included.
 pub const NS_LEVELS_MAX: usize = 8;
@@ -82,6 +82,7 @@ pub enum Step {
     /// the saved id, `rcx` the one the kernel gave.
     WrongPid = 22,
     PosixTimer = 23,
+    MovePremapped = 24,
     /// Steps run by the engine's code in the new task, before the restorer.
     ChildSync = 32,
     ChildSession = 33,
@@ -91,6 +92,7 @@ pub enum Step {
     ChildFork = 37,
     ChildExit = 38,
     ChildLocks = 39,
+    ChildPremap = 40,
 }
 
 impl Step {
@@ -121,6 +123,7 @@ impl Step {
             RobustList,
             WrongPid,
             PosixTimer,
+            MovePremapped,
             ChildSync,
             ChildSession,
             ChildFds,
@@ -129,6 +132,7 @@ impl Step {
             ChildFork,
             ChildExit,
             ChildLocks,
+            ChildPremap,
         ];
         all.into_iter().find(|s| *s as u64 == raw)
     }
@@ -161,6 +165,7 @@ impl Step {
             Step::PosixTimer => {
                 "creating a POSIX timer with its saved id (PR_TIMER_CREATE_RESTORE_IDS)"
             }
+            Step::MovePremapped => "moving memory shared with the parent into place",
             Step::ChildSync => "waiting for rcr's next command",
             Step::ChildSession => "restoring session and process group",
             Step::ChildFds => "installing file descriptors",
@@ -169,6 +174,7 @@ impl Step {
             Step::ChildFork => "forking a child with its saved pid",
             Step::ChildExit => "exiting to become a zombie again",
             Step::ChildLocks => "taking a POSIX record lock again (fd in 'at')",
+            Step::ChildPremap => "premapping memory that children share (address in 'at')",
         }
     }
 }
@@ -192,6 +198,10 @@ pub struct VmaEntry {
     /// Non-zero when saved pages will be read into this VMA (it is mapped
     /// writable first and protected afterwards).
     pub has_pages: u32,
+    /// Non-zero: the VMA is already filled in, writable, at this address of
+    /// the premap area (shared copy-on-write with parent or children);
+    /// the restorer moves it into place instead of mapping it.
+    pub premap: u64,
 }
 
 /// Bits of [`VmaEntry::madv`].
@@ -401,6 +411,10 @@ pub struct RestoreArgs {
     /// timer may signal one thread).
     pub posix_timers: u64,
     pub nr_posix_timers: u64,
+    /// The premap area `[premap_start, premap_end)`: kept while the old
+    /// address space goes, unmapped once its VMAs moved into place.
+    pub premap_start: u64,
+    pub premap_end: u64,
 }
 
 #[cfg(test)]

@@ -92,6 +92,8 @@ fn restore(a: &RestoreArgs) -> Result<&ThreadArgs, Failure> {
     let runs =
         unsafe { core::slice::from_raw_parts(a.runs as *const PageRunEntry, a.nr_runs as usize) };
     map_vmas(vmas)?;
+    // What is left of the premap area: other processes' pieces.
+    unmap(a.premap_start, a.premap_end)?;
     read_pages(a.pages_fd, runs)?;
     finish_vmas(vmas)?;
     place_vdso(a)?;
@@ -322,8 +324,8 @@ fn remap(from: u64, len: u64, to: u64, step: Step) -> Result<(), Failure> {
     if from == to {
         return Ok(());
     }
-    // SAFETY: moves a special mapping the engine described; nothing in the
-    // restorer refers to either range.
+    // SAFETY: moves a mapping the engine described (a vDSO part or a
+    // premapped VMA); nothing in the restorer refers to either range.
     let ret = unsafe {
         sys::syscall5(
             nr::MREMAP,
@@ -337,24 +339,44 @@ fn remap(from: u64, len: u64, to: u64, step: Step) -> Result<(), Failure> {
     check(ret, step, from).map(|_| ())
 }
 
-/// Everything outside the hole belongs to the engine's copy of rcr: drop it.
+/// Everything outside the hole and the premap area belongs to the
+/// engine's copy of rcr: drop it.
 fn unmap_old(a: &RestoreArgs) -> Result<(), Failure> {
-    // SAFETY: the restorer's code, data and stack all live in the hole.
-    let ret = unsafe { sys::syscall2(nr::MUNMAP, 0, a.hole_start as usize) };
-    check(ret, Step::UnmapOld, 0)?;
-    // SAFETY: as above.
-    let ret = unsafe {
-        sys::syscall2(
-            nr::MUNMAP,
-            a.hole_end as usize,
-            (TASK_SIZE - a.hole_end) as usize,
-        )
-    };
-    check(ret, Step::UnmapOld, a.hole_end).map(|_| ())
+    let mut keep = [(a.hole_start, a.hole_end), (a.premap_start, a.premap_end)];
+    if keep[1].0 < keep[0].0 {
+        keep.swap(0, 1);
+    }
+    let mut from = 0;
+    for (start, end) in keep {
+        if start < end {
+            unmap(from, start)?;
+            from = end;
+        }
+    }
+    unmap(from, TASK_SIZE)
+}
+
+fn unmap(from: u64, to: u64) -> Result<(), Failure> {
+    if from >= to {
+        return Ok(());
+    }
+    // SAFETY: the restorer's code, data and stack all live in the hole,
+    // which callers never name.
+    let ret = unsafe { sys::syscall2(nr::MUNMAP, from as usize, (to - from) as usize) };
+    check(ret, Step::UnmapOld, from).map(|_| ())
 }
 
 fn map_vmas(vmas: &[VmaEntry]) -> Result<(), Failure> {
     for vma in vmas {
+        if vma.premap != 0 {
+            remap(
+                vma.premap,
+                vma.end - vma.start,
+                vma.start,
+                Step::MovePremapped,
+            )?;
+            continue;
+        }
         let prot = if vma.has_pages != 0 {
             vma.prot | PROT_WRITE
         } else {
@@ -421,8 +443,9 @@ fn read_pages(fd: i32, runs: &[PageRunEntry]) -> Result<(), Failure> {
 fn finish_vmas(vmas: &[VmaEntry]) -> Result<(), Failure> {
     for vma in vmas {
         let len = (vma.end - vma.start) as usize;
-        if vma.has_pages != 0 && vma.prot & PROT_WRITE == 0 {
-            // SAFETY: drops the temporary write permission of a VMA we mapped.
+        // Premapped memory came read-write; filled memory was made writable.
+        if vma.premap != 0 || (vma.has_pages != 0 && vma.prot & PROT_WRITE == 0) {
+            // SAFETY: sets the saved protection of a VMA we mapped.
             let ret =
                 unsafe { sys::syscall3(nr::MPROTECT, vma.start as usize, len, vma.prot as usize) };
             check(ret, Step::Protect, vma.start)?;

@@ -801,3 +801,20 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The summed proportional set size (`Pss` of /proc/PID/smaps_rollup) of
+/// `pids`, in bytes: memory shared by several counts once in total.
+pub fn pss_bytes(pids: &[i32]) -> u64 {
+    pids.iter()
+        .map(|pid| {
+            let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+                .unwrap_or_else(|e| panic!("smaps_rollup of pid {pid}: {e}"));
+            let kib: u64 = rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or_else(|| panic!("no Pss in smaps_rollup of pid {pid}"));
+            kib * 1024
+        })
+        .sum()
+}

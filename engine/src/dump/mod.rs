@@ -17,6 +17,7 @@ use crate::ptrace;
 use rcr_images::{self as images, pb, ImageDir};
 use rcr_parasite::parasite_abi;
 use seize::{Member, SeizedTree};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -130,8 +131,21 @@ fn write_tree(
         file_table.external_unix();
     }
     let mut pages_bytes = 0;
+    // Each process's pages are compared with those of the task that forks
+    // it at restore (dumped before it), whose memory it will inherit.
+    let forker = pstree::memory_parents(&entries);
+    let mut dumped: BTreeMap<i32, Vec<pb::Vma>> = BTreeMap::new();
     for (s, st) in &live {
-        pages_bytes += dump_process(s.pid(), s.tids(), st, dir, &mut file_table)?;
+        let i = entries
+            .iter()
+            .position(|e| e.pid == s.pid())
+            .expect("listed above");
+        let parent = forker[i]
+            .and_then(|p| dumped.get_key_value(&entries[p].pid))
+            .map(|(&ppid, vmas)| (ppid, vmas.as_slice()));
+        let (bytes, vmas) = dump_process(s.pid(), s.tids(), st, dir, &mut file_table, parent)?;
+        pages_bytes += bytes;
+        dumped.insert(s.pid(), vmas);
     }
     file_table.resolve_epolls()?;
     let caller = live
@@ -170,15 +184,17 @@ struct Inside {
     pages: pb::PageMap,
 }
 
-/// Dumps one seized process, whose stat is `st`, into its images. Returns
-/// the bytes of pages.
+/// Dumps one seized process, whose stat is `st`, into its images; pages
+/// shared with `parent` (its pid and VMAs) are only listed. Returns the
+/// bytes of pages written and the VMAs.
 fn dump_process(
     pid: i32,
     tids: &[i32],
     st: &stat::Stat,
     dir: &ImageDir,
     file_table: &mut FileTableBuilder,
-) -> Result<u64> {
+    parent: Option<(i32, &[pb::Vma])>,
+) -> Result<(u64, Vec<pb::Vma>)> {
     // Refusals first, while nothing has been done to the task.
     let status = status::read_status(pid)?;
     check_creds(pid, &status)?;
@@ -216,7 +232,7 @@ fn dump_process(
     let auxv = auxv::read_auxv(pid)?;
 
     // From inside, through the parasite.
-    let inside = collect_inside(pid, &mut threads, &vmas, dir)?;
+    let inside = collect_inside(pid, &mut threads, &vmas, dir, parent)?;
 
     let core = pb::Core {
         pid,
@@ -238,7 +254,7 @@ fn dump_process(
         child_subreaper: inside.misc.child_subreaper != 0,
     };
     let mut mm = mm_fields::dump_mm_fields(st, inside.misc.brk as u64, &auxv);
-    mm.vmas = vmas;
+    mm.vmas = vmas.clone();
     mm.exe_file_id = exe_id;
     let fs = pb::FsState {
         fds,
@@ -250,13 +266,14 @@ fn dump_process(
         .pages
         .runs
         .iter()
+        .filter(|r| !r.inherited)
         .map(|r| r.nr_pages * memory::PAGE_SIZE)
         .sum();
     images::write(&dir.core(pid), &core)?;
     images::write(&dir.mm(pid), &mm)?;
     images::write(&dir.pagemap(pid), &inside.pages)?;
     images::write(&dir.fs(pid), &fs)?;
-    Ok(pages_bytes)
+    Ok((pages_bytes, vmas))
 }
 
 fn collect_inside(
@@ -264,9 +281,14 @@ fn collect_inside(
     threads: &mut [pb::ThreadCore],
     vmas: &[pb::Vma],
     dir: &ImageDir,
+    parent: Option<(i32, &[pb::Vma])>,
 ) -> Result<Inside> {
     let mut scanner = PageScanner::open(pid)?;
-    let runs = memory::dump_runs(&mut scanner, vmas)?;
+    let mut runs = memory::dump_runs(&mut scanner, vmas)?;
+    if let Some((ppid, parent_vmas)) = parent {
+        let shared = memory::shared_with_parent(pid, vmas, ppid, parent_vmas)?;
+        runs = memory::split_inherited(&runs, &shared);
+    }
     let listed = crate::proc::timers::read_timers(pid)?;
     let mut parasite = Parasite::infect(pid)?;
     let actions = parasite.get_sigactions()?;

@@ -13,13 +13,16 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// Writes every run and returns the page map with checksums.
+/// Writes every run and returns the page map with checksums; inherited
+/// runs are only listed.
 pub fn write_pages(
     pid: i32,
     parasite: &mut Parasite,
-    runs: &[DumpRun],
+    all_runs: &[DumpRun],
     path: &Path,
 ) -> Result<pb::PageMap> {
+    let data: Vec<DumpRun> = all_runs.iter().filter(|r| !r.inherited).copied().collect();
+    let runs = &data[..];
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -56,13 +59,25 @@ pub fn write_pages(
                 vaddr: r.start,
                 nr_pages: (r.end - r.start) / PAGE_SIZE,
                 offset,
-                checksum: 0,
+                ..Default::default()
             });
             offset += r.end - r.start;
         }
         i = batch_end;
     }
     map.pages_file_size = offset;
+    map.runs.extend(
+        all_runs
+            .iter()
+            .filter(|r| r.inherited)
+            .map(|r| pb::PageRun {
+                vaddr: r.start,
+                nr_pages: (r.end - r.start) / PAGE_SIZE,
+                inherited: true,
+                ..Default::default()
+            }),
+    );
+    map.runs.sort_unstable_by_key(|r| r.vaddr);
     add_checksums(&file, path, &mut map)?;
     Ok(map)
 }
@@ -99,7 +114,7 @@ fn add_checksums(file: &File, path: &Path, map: &mut pb::PageMap) -> Result<()> 
     // SAFETY: the file is ours, freshly written, and nobody truncates it while
     // the read-only mapping lives.
     let data = unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(path, e))?;
-    for run in &mut map.runs {
+    for run in map.runs.iter_mut().filter(|r| !r.inherited) {
         let start = run.offset as usize;
         let end = start + (run.nr_pages * PAGE_SIZE) as usize;
         run.checksum = checksum(&data[start..end]);

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::objects::files::FileTableBuilder;
 use crate::objects::sysv;
 use crate::proc::maps::MapName;
-use crate::proc::pagemap::{PageScanner, ScanWant};
+use crate::proc::pagemap::{PageScanner, PagemapEntry, ScanBackend, ScanWant};
 use crate::proc::smaps::SmapsEntry;
 use rcr_images::pb::{self, VmaKind};
 use rcr_parasite::restore_abi::{madv, PageRunEntry, VmaEntry};
@@ -170,6 +170,8 @@ pub struct DumpRun {
     /// The VMA is readable, so the parasite can vmsplice it; otherwise rcr
     /// reads it through /proc/PID/mem.
     pub readable: bool,
+    /// The pages are the parent's, shared since a fork: nothing to write.
+    pub inherited: bool,
 }
 
 /// Finds every run of pages to dump, in address order.
@@ -183,10 +185,95 @@ pub fn dump_runs(scanner: &mut PageScanner, vmas: &[pb::Vma]) -> Result<Vec<Dump
                 start,
                 end,
                 readable,
+                inherited: false,
             });
         }
     }
     Ok(runs)
+}
+
+/// Whether a child's VMA is the one it inherited from its parent's, so its
+/// never-written pages can stay shared at restore: same place, same private
+/// memory, no stack growth (its premapped copy cannot grow) and nothing
+/// that a fork leaves out or wipes.
+pub fn inheritable(child: &pb::Vma, parent: &pb::Vma) -> bool {
+    let forked = |v: &pb::Vma| {
+        !v.vm_flags
+            .split_whitespace()
+            .any(|c| c == "dc" || c == "wf")
+    };
+    matches!(child.kind(), VmaKind::AnonPrivate | VmaKind::FilePrivate)
+        && (child.start, child.end, child.kind, child.flags)
+            == (parent.start, parent.end, parent.kind, parent.flags)
+        && (child.file_id, child.pgoff) == (parent.file_id, parent.pgoff)
+        && child.flags & MAP_GROWSDOWN == 0
+        && forked(child)
+        && forked(parent)
+}
+
+/// The page ranges of `pid`'s inheritable VMAs that hold the very pages
+/// (same page frame) its parent `ppid` has at the same addresses: shared
+/// copy-on-write since the fork and written by neither. Both are frozen.
+/// Without `CAP_SYS_ADMIN` frame numbers read as 0 and nothing is shared.
+pub fn shared_with_parent(
+    pid: i32,
+    vmas: &[pb::Vma],
+    ppid: i32,
+    parent_vmas: &[pb::Vma],
+) -> Result<Vec<(u64, u64)>> {
+    let mut mine = PageScanner::open_with(pid, ScanBackend::ReadEntries)?;
+    let mut theirs = PageScanner::open_with(ppid, ScanBackend::ReadEntries)?;
+    let mut shared: Vec<(u64, u64)> = Vec::new();
+    for v in vmas {
+        let i = parent_vmas.partition_point(|p| p.start < v.start);
+        if !parent_vmas.get(i).is_some_and(|p| inheritable(v, p)) {
+            continue;
+        }
+        let a = mine.read_entries(v.start, v.end)?;
+        let b = theirs.read_entries(v.start, v.end)?;
+        let same = |x: PagemapEntry, y: PagemapEntry| {
+            x.present() && y.present() && x.pfn() != 0 && x.pfn() == y.pfn()
+        };
+        for (k, (&x, &y)) in a.iter().zip(&b).enumerate() {
+            if !same(x, y) {
+                continue;
+            }
+            let page = v.start + k as u64 * PAGE_SIZE;
+            match shared.last_mut() {
+                Some(last) if last.1 == page => last.1 += PAGE_SIZE,
+                _ => shared.push((page, page + PAGE_SIZE)),
+            }
+        }
+    }
+    Ok(shared)
+}
+
+/// Splits dump runs (in address order) where they meet the `shared` ranges
+/// (sorted, disjoint): pages inside one are marked inherited.
+pub fn split_inherited(runs: &[DumpRun], shared: &[(u64, u64)]) -> Vec<DumpRun> {
+    let mut out = Vec::with_capacity(runs.len());
+    let mut k = 0;
+    for r in runs {
+        let mut at = r.start;
+        while at < r.end {
+            while shared.get(k).is_some_and(|s| s.1 <= at) {
+                k += 1;
+            }
+            let (end, inherited) = match shared.get(k) {
+                Some(&(s, e)) if s <= at => (e.min(r.end), true),
+                Some(&(s, _)) => (s.min(r.end), false),
+                None => (r.end, false),
+            };
+            out.push(DumpRun {
+                start: at,
+                end,
+                inherited,
+                ..*r
+            });
+            at = end;
+        }
+    }
+    out
 }
 
 /// Restore side: the restorer's VMA list. `fd_of` gives the descriptor the
@@ -231,14 +318,17 @@ pub fn restore_entries(
             flags,
             fd,
             has_pages: has_pages as u32,
+            premap: 0,
         });
     }
     out
 }
 
-/// Restore side: page runs as the restorer reads them.
+/// Restore side: page runs as the restorer reads them (inherited ones
+/// come with the parent's memory).
 pub fn restore_runs(runs: &[pb::PageRun]) -> Vec<PageRunEntry> {
     runs.iter()
+        .filter(|r| !r.inherited)
         .map(|r| PageRunEntry {
             vaddr: r.vaddr,
             len: r.nr_pages * PAGE_SIZE,
@@ -312,7 +402,55 @@ mod tests {
             nr_pages,
             offset: 4096,
             checksum: 0,
+            inherited: false,
         }
+    }
+
+    fn dump_run(start: u64, end: u64) -> DumpRun {
+        DumpRun {
+            start,
+            end,
+            readable: true,
+            inherited: false,
+        }
+    }
+
+    #[test]
+    fn split_marks_pages_shared_with_the_parent() {
+        let runs = [dump_run(0x1000, 0x5000), dump_run(0x8000, 0x9000)];
+        let shared = [(0x0, 0x2000), (0x3000, 0x4000), (0x8000, 0xa000)];
+        let got: Vec<_> = split_inherited(&runs, &shared)
+            .iter()
+            .map(|r| (r.start, r.end, r.inherited))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0x1000, 0x2000, true),
+                (0x2000, 0x3000, false),
+                (0x3000, 0x4000, true),
+                (0x4000, 0x5000, false),
+                (0x8000, 0x9000, true),
+            ]
+        );
+        assert_eq!(split_inherited(&runs, &[]), runs.to_vec());
+    }
+
+    #[test]
+    fn only_matching_private_vmas_are_inheritable() {
+        let parent = vma(0x1000, 0x5000, VmaKind::AnonPrivate);
+        assert!(inheritable(&parent.clone(), &parent));
+        let mut moved = parent.clone();
+        moved.end = 0x6000;
+        assert!(!inheritable(&moved, &parent));
+        let mut wiped = parent.clone();
+        wiped.vm_flags = "rd wr wf".into();
+        assert!(!inheritable(&wiped, &parent));
+        let mut stack = parent.clone();
+        stack.flags |= MAP_GROWSDOWN;
+        assert!(!inheritable(&stack, &stack.clone()));
+        let shared = vma(0x1000, 0x5000, VmaKind::AnonShared);
+        assert!(!inheritable(&shared, &shared.clone()));
     }
 
     #[test]

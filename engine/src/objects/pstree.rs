@@ -276,6 +276,29 @@ pub fn plan(procs: &[pb::ProcessEntry]) -> Vec<TreeStep> {
     steps
 }
 
+/// For each process, the process whose memory it starts with at restore:
+/// the one that forks it, or the one that forked the helper that does.
+pub fn memory_parents(procs: &[pb::ProcessEntry]) -> Vec<Option<usize>> {
+    let steps = plan(procs);
+    let n = procs.len();
+    let mut out = vec![None; n];
+    for step in &steps {
+        if let TreeStep::Fork { parent, child } = *step {
+            out[child] = if parent < n {
+                Some(parent)
+            } else {
+                steps.iter().find_map(|s| match *s {
+                    TreeStep::Helper {
+                        parent: p, task, ..
+                    } if task == parent => Some(p),
+                    _ => None,
+                })
+            };
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +417,18 @@ mod tests {
             zombie(302, 100, 300, 1),
             p(202, 201, 200, 200),
         ]
+    }
+
+    #[test]
+    fn memory_parents_follow_forks_and_helpers() {
+        assert_eq!(
+            memory_parents(&orphans()),
+            vec![None, Some(0), Some(0), Some(0), Some(1)]
+        );
+        assert_eq!(
+            memory_parents(&sample()),
+            vec![None, Some(0), Some(0), Some(0), Some(1), Some(1)]
+        );
     }
 
     #[test]

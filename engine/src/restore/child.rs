@@ -3,15 +3,17 @@
 //! The task is a copy of rcr (possibly multi-threaded, so only raw syscalls:
 //! no allocation, no locks, no panics). The root waits until rcr has
 //! attached and learns the rseq registration it inherited. Then every task
-//! serves rcr's commands, which rebuild the tree in order: start a session
-//! or group, fork a child with its saved pid (the child serves commands in
-//! turn), join a group, exit as a zombie. Each command is acknowledged with
-//! a trap that rcr, tracing the task, catches. On `Go` the task installs its
-//! file descriptors, changes into the saved cwd, blocks all signals, maps
-//! the prepared hole and jumps into the restorer.
+//! serves rcr's commands, which rebuild the tree in order: premap the
+//! memory its children inherit, start a session or group, fork a child with
+//! its saved pid (the child serves commands in turn), join a group, exit as
+//! a zombie. Each command is acknowledged with a trap that rcr, tracing the
+//! task, catches. On `Go` the task installs its file descriptors, changes
+//! into the saved cwd, blocks all signals, maps the prepared hole and jumps
+//! into the restorer.
 
 use crate::objects::locks::PosixLock;
 use crate::objects::pid_ns::Birth;
+use crate::restore::premap::PremapOp;
 use rcr_parasite::restore_abi::{
     trap_failed, CloneArgs, RestoreArgs, RseqConf, Step, NS_LEVELS_MAX, TRAP_ACK,
 };
@@ -51,6 +53,8 @@ pub mod op {
     pub const HELPER: u32 = 10;
     /// [`HELPER`] with the next pid the kernel gives, which rcr made `arg`.
     pub const HELPER_NEXT: u32 = 11;
+    /// Premap the memory that children inherit (before any fork).
+    pub const PREMAP: u32 = 14;
     /// Take the terminal of [`ChildPlan::ctty`] as controlling terminal
     /// (a session leader, right after SETSID, before it forks).
     pub const CTTY: u32 = 12;
@@ -112,6 +116,8 @@ pub struct RestorePlan<'a> {
     pub stack_top: u64,
     pub args_addr: u64,
     pub rseq_offset: u64,
+    /// Done on [`op::PREMAP`].
+    pub premap: &'a [PremapOp],
 }
 
 fn fail(step: Step, ret: i64) -> ! {
@@ -295,11 +301,79 @@ fn serve(plans: &[ChildPlan], me: usize, rseq: RseqConf) -> ! {
                     libc::prctl(libc::PR_SET_NAME, plan.comm.as_ptr());
                     exit_as(cmd.arg)
                 }
+                op::PREMAP => match &plan.restore {
+                    Some(r) => premap(r.premap),
+                    None => fail(Step::ChildSync, 0),
+                },
                 op::GO => match &plan.restore {
                     Some(r) => go(r, rseq, cmd.arg != 0),
                     None => fail(Step::ChildSync, 0),
                 },
                 _ => fail(Step::ChildSync, 0),
+            }
+        }
+    }
+}
+
+/// `madvise` advice that faults a range in writable, not in older libc.
+const MADV_POPULATE_WRITE: i32 = 23;
+
+/// Carries out the premap steps (see [`crate::restore::premap`]).
+fn premap(ops: &[PremapOp]) {
+    let failed = |addr: u64| -> ! {
+        // SAFETY: reading errno of this thread.
+        let errno = unsafe { *libc::__errno_location() } as u64;
+        trap_failed(Step::ChildPremap, errno, addr)
+    };
+    for op in ops {
+        // SAFETY: maps, fills and trims the premap area, which rcr placed
+        // clear of every mapping of this copy of rcr.
+        unsafe {
+            match *op {
+                PremapOp::Map {
+                    addr,
+                    len,
+                    flags,
+                    fd,
+                    pgoff,
+                } => {
+                    let got = libc::mmap(
+                        addr as *mut libc::c_void,
+                        len as usize,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        flags as i32 | libc::MAP_FIXED,
+                        fd,
+                        pgoff as libc::off_t,
+                    );
+                    if got as u64 != addr {
+                        failed(addr);
+                    }
+                }
+                PremapOp::Read { addr, len, fd, off } => {
+                    // Faster than faulting page by page; the reads below
+                    // fault in whatever this leaves out.
+                    libc::madvise(addr as *mut libc::c_void, len as usize, MADV_POPULATE_WRITE);
+                    let mut done = 0;
+                    while done < len {
+                        let n = libc::pread(
+                            fd,
+                            (addr + done) as *mut libc::c_void,
+                            (len - done) as usize,
+                            (off + done) as libc::off_t,
+                        );
+                        if n <= 0 {
+                            failed(addr + done);
+                        }
+                        done += n as u64;
+                    }
+                }
+                PremapOp::Drop { addr, len } => {
+                    if libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED)
+                        != 0
+                    {
+                        failed(addr);
+                    }
+                }
             }
         }
     }

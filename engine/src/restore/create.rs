@@ -157,6 +157,10 @@ pub fn create(
     sync_min_fd: i32,
     pids: &mut Pids,
 ) -> Result<()> {
+    let premaps: Vec<bool> = plans
+        .iter()
+        .map(|p| p.restore.as_ref().is_some_and(|r| !r.premap.is_empty()))
+        .collect();
     let mut writers = Vec::with_capacity(plans.len());
     let mut readers = Vec::with_capacity(plans.len());
     for plan in plans.iter_mut() {
@@ -280,6 +284,10 @@ pub fn create(
             pids.retry(want, got as i64, &mut tries)?;
         }
     };
+    // A task premaps what its children inherit as soon as it exists.
+    if premaps[0] {
+        ask(0, op::PREMAP, 0, pids)?;
+    }
     for &step in steps {
         match step {
             TreeStep::Subreaper(i) => {
@@ -349,6 +357,9 @@ pub fn create(
                 )?;
                 created.made.push(child);
                 wait_trap(want, TRAP_ACK, pids)?;
+                if premaps[child] {
+                    ask(child, op::PREMAP, 0, pids)?;
+                }
             }
             TreeStep::Exit(i) => {
                 command(i, op::EXIT, procs[i].exit_code)?;

@@ -6,6 +6,7 @@ mod create;
 mod layout;
 pub(crate) mod load;
 pub mod pids;
+mod premap;
 mod prepare;
 
 use crate::blob;
@@ -106,6 +107,24 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
         .sum();
 
     let own_maps = maps::read_maps(std::process::id() as i32)?;
+    let entries: Vec<_> = ckpt.processes.iter().map(|p| p.entry.clone()).collect();
+    let steps = pstree::plan(&entries);
+    let taken: Vec<(u64, u64)> = own_maps
+        .iter()
+        .map(|m| (m.start, m.end))
+        .chain(
+            ckpt.processes
+                .iter()
+                .filter_map(|p| p.images.as_ref())
+                .flat_map(|i| i.mm.vmas.iter().map(|v| (v.start, v.end))),
+        )
+        .collect();
+    let premaps = premap::arrange(
+        &ckpt,
+        &mut prepared.processes,
+        &pstree::memory_parents(&entries),
+        &taken,
+    )?;
     let mut built = Vec::with_capacity(ckpt.processes.len());
     for (p, prep) in ckpt.processes.iter().zip(&prepared.processes) {
         built.push(match (&p.images, prep) {
@@ -125,15 +144,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
             })
         })
         .collect();
-    let entries: Vec<_> = ckpt.processes.iter().map(|p| p.entry.clone()).collect();
     let mut plans = Vec::with_capacity(ckpt.processes.len());
     let mut releases = Vec::with_capacity(ckpt.processes.len());
-    for (((p, prep), hole), close) in ckpt
+    for ((((p, prep), hole), close), premap) in ckpt
         .processes
         .iter()
         .zip(&prepared.processes)
         .zip(&built)
         .zip(&closes)
+        .zip(&premaps)
     {
         let restore = match (prep, hole) {
             (Some(prep), Some(h)) => Some(child::RestorePlan {
@@ -148,6 +167,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
                 stack_top: h.stack_top,
                 args_addr: h.args_addr,
                 rseq_offset: h.rseq_offset,
+                premap,
             }),
             _ => None,
         };
@@ -186,7 +206,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats> {
             }),
         });
     }
-    let steps = pstree::plan(&entries);
     let mut pids = pids::Pids::new(opts.pids);
     create::create(
         &mut plans,
@@ -296,6 +315,7 @@ fn build_hole(
     });
     let mut taken: Vec<(u64, u64)> = own_maps.iter().map(|m| (m.start, m.end)).collect();
     taken.extend(images.mm.vmas.iter().map(|v| (v.start, v.end)));
+    taken.push((prep.args.premap_start, prep.args.premap_end));
     let hole = find_hole(&taken, l.len)
         .ok_or_else(|| Error::Preflight("no free address range for the restorer".into()))?;
 

@@ -366,6 +366,8 @@ fn prepare_process(
         plain_clone: 0,
         posix_timers: 0,
         nr_posix_timers: 0,
+        premap_start: 0,
+        premap_end: 0,
     };
     Ok(PreparedProcess {
         umask: c.core.umask,

@@ -244,6 +244,7 @@ pub fn pagemap() -> impl Strategy<Value = pb::PageMap> {
         nr_pages: v[1],
         offset: v[2],
         checksum: v[3],
+        inherited: v[0] % 2 == 1,
     });
     (any::<u64>(), vec(run, 0..20)).prop_map(|(pages_file_size, runs)| pb::PageMap {
         pages_file_size,
