@@ -93,6 +93,7 @@ pub enum Step {
     ChildExit = 38,
     ChildLocks = 39,
     ChildPremap = 40,
+    Prctl = 41,
 }
 
 impl Step {
@@ -133,6 +134,7 @@ impl Step {
             ChildExit,
             ChildLocks,
             ChildPremap,
+            Prctl,
         ];
         all.into_iter().find(|s| *s as u64 == raw)
     }
@@ -175,6 +177,7 @@ impl Step {
             Step::ChildExit => "exiting to become a zombie again",
             Step::ChildLocks => "taking a POSIX record lock again (fd in 'at')",
             Step::ChildPremap => "premapping memory that children share (address in 'at')",
+            Step::Prctl => "setting a process flag with prctl (its option in 'at')",
         }
     }
 }
@@ -415,6 +418,11 @@ pub struct RestoreArgs {
     /// address space goes, unmapped once its VMAs moved into place.
     pub premap_start: u64,
     pub premap_end: u64,
+    /// Process flags set back with prctl once the rest is in place: the
+    /// dumpable value (0 or 1), no_new_privs and child subreaper (0 or 1).
+    pub dumpable: u64,
+    pub no_new_privs: u64,
+    pub child_subreaper: u64,
 }
 
 #[cfg(test)]

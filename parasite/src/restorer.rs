@@ -17,6 +17,9 @@ const MREMAP_FIXED: usize = 2;
 const PR_SET_MM: usize = 35;
 const PR_SET_MM_MAP: usize = 14;
 const PR_SET_PDEATHSIG: usize = 1;
+const PR_SET_DUMPABLE: usize = 4;
+const PR_SET_CHILD_SUBREAPER: usize = 36;
+const PR_SET_NO_NEW_PRIVS: usize = 38;
 const PR_SET_NAME: usize = 15;
 const PR_TIMER_CREATE_RESTORE_IDS: usize = 77;
 const TIMER_CREATE: usize = 222;
@@ -113,6 +116,18 @@ fn restore(a: &RestoreArgs) -> Result<&ThreadArgs, Failure> {
     // SAFETY: plain prctl on this task.
     let ret = unsafe { sys::syscall2(nr::PRCTL, PR_SET_PDEATHSIG, a.pdeathsig as usize) };
     check(ret, Step::Pdeathsig, a.pdeathsig as u64)?;
+    let flags = [
+        (PR_SET_CHILD_SUBREAPER, a.child_subreaper),
+        (PR_SET_DUMPABLE, a.dumpable),
+        (PR_SET_NO_NEW_PRIVS, 1),
+    ];
+    // no_new_privs cannot be turned off: set only when it was on.
+    let n = if a.no_new_privs != 0 { 3 } else { 2 };
+    for &(option, value) in &flags[..n] {
+        // SAFETY: plain prctl on this task; the other arguments must be 0.
+        let ret = unsafe { sys::syscall5(nr::PRCTL, option, value as usize, 0, 0, 0) };
+        check(ret, Step::Prctl, option as u64)?;
+    }
     // SAFETY: the engine placed nr_threads entries at `threads` in the hole.
     let threads = unsafe {
         core::slice::from_raw_parts(a.threads as *const ThreadArgs, a.nr_threads as usize)

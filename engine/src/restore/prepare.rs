@@ -360,6 +360,10 @@ fn prepare_process(
         pending: 0,
         nr_pending: nr_shared,
         pdeathsig: c.core.pdeathsig as i64,
+        // A suid-style dumpable value (2) cannot be set by prctl: not dumpable.
+        dumpable: (c.core.dumpable == 1) as u64,
+        no_new_privs: c.core.no_new_privs as u64,
+        child_subreaper: c.core.child_subreaper as u64,
         rseq_inherited: RseqConf::default(),
         threads: 0,
         nr_threads: 0,

@@ -7,7 +7,9 @@
 //!   with values (sigqueue) and SIGWINCH; after the restore they are still
 //!   pending and, once unblocked, delivered with the same si_value in order;
 //! - itimers real/virtual/prof armed with long intervals: still armed with
-//!   the same intervals and plausible remaining values, never fired.
+//!   the same intervals and plausible remaining values, never fired;
+//! - process flags set with prctl: child subreaper, no_new_privs, and not
+//!   dumpable.
 
 use rcr_tests::sigs::{
     altstack, bits, blocked, change_mask, install_altstack, mask_of, pending, rt, sigset,
@@ -160,6 +162,7 @@ fn micros(tv: libc::timeval) -> i64 {
 /// Sets up everything; returns the alt stack's base.
 fn build() -> Result<usize, String> {
     let stack_base = install_altstack(ALTSTACK_SIZE)?;
+    set_flags()?;
     use libc::{SA_NODEFER, SA_ONSTACK, SA_RESTART, SA_SIGINFO};
     set_action(
         libc::SIGUSR2,
@@ -225,6 +228,38 @@ struct Snapshot {
     blocked: u64,
     pending: u64,
     altstack: (usize, usize, i32),
+    /// PR_GET_CHILD_SUBREAPER, PR_GET_NO_NEW_PRIVS, PR_GET_DUMPABLE.
+    flags: (i32, i32, i32),
+}
+
+fn flags() -> (i32, i32, i32) {
+    let mut subreaper: libc::c_int = -1;
+    // SAFETY: prctl queries of this process; the first writes into `subreaper`.
+    unsafe {
+        libc::prctl(
+            libc::PR_GET_CHILD_SUBREAPER,
+            &mut subreaper as *mut libc::c_int,
+        );
+        (
+            subreaper,
+            libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
+            libc::prctl(libc::PR_GET_DUMPABLE),
+        )
+    }
+}
+
+/// The flags the workload sets; each differs from a fresh process's.
+fn set_flags() -> Result<(), String> {
+    // SAFETY: prctl on this process only.
+    let failed = unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) != 0
+            || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(libc::PR_SET_DUMPABLE, 0) != 0
+    };
+    match failed {
+        true => Err(format!("prctl: {}", last_err())),
+        false => Ok(()),
+    }
 }
 
 fn snapshot() -> Snapshot {
@@ -233,6 +268,7 @@ fn snapshot() -> Snapshot {
         blocked: blocked(),
         pending: pending(),
         altstack: altstack(),
+        flags: flags(),
     }
 }
 
@@ -259,6 +295,12 @@ fn check(before: &Snapshot, stack_base: usize) -> Verdict {
         after.altstack,
         before.altstack,
     );
+    v.eq(
+        "(subreaper, no_new_privs, dumpable)",
+        after.flags,
+        (1, 1, 0),
+    );
+    v.eq("flags before", before.flags, (1, 1, 0));
     v.eq(
         "handlers run while waiting",
         RECORDS.load(Ordering::SeqCst),
