@@ -271,3 +271,42 @@ pub fn reap(pid: i32, timeout: Duration) -> Result<i32, String> {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// Polls until `ok` holds, or fails with `what` after `timeout`.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut ok: impl FnMut() -> bool,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + timeout;
+    while !ok() {
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("{what}: not so after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Reaps child `name` (`pid`) within `timeout`; records in `v` unless it
+/// exited with status 0.
+pub fn expect_ok_exit(name: &str, pid: i32, timeout: Duration, v: &mut Verdict) {
+    match reap(pid, timeout) {
+        Ok(status) => v.eq(
+            &format!("{name} (pid {pid}): exit status"),
+            (libc::WIFEXITED(status), libc::WEXITSTATUS(status)),
+            (true, 0),
+        ),
+        Err(e) => v.fail(format!("{name}: {e}")),
+    }
+}
+
+/// A forked member's exit status from its verdict (0: OK), printing what
+/// differs otherwise.
+pub fn exit_code(name: &str, v: Verdict) -> i32 {
+    if v.is_ok() {
+        return 0;
+    }
+    eprintln!("{name}: {}", v.into_diffs().join("; "));
+    1
+}

@@ -16,7 +16,7 @@
 
 use rcr_tests::workload::{self, getpid, last_err, Args, Verdict, WAKE_SIGNAL};
 use std::fs;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -45,50 +45,6 @@ fn children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
-/// Polls until `ok` holds, or fails with `what` at the deadline.
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) -> Result<(), String> {
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    while !ok() {
-        if Instant::now() >= deadline {
-            return Err(format!("{what}: not so after {STEP_TIMEOUT:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
-}
-
-/// Forks a child that runs `body` and exits with the code it returns.
-fn fork_child(name: &str, body: impl FnOnce() -> i32) -> Result<i32, String> {
-    // SAFETY: the process is single-threaded, so the child may run any code.
-    match unsafe { libc::fork() } {
-        -1 => Err(format!("fork {name}: {}", last_err())),
-        0 => std::process::exit(body()),
-        pid => Ok(pid),
-    }
-}
-
-/// waitpid(pid) until the deadline; the wait status.
-fn reap(pid: i32) -> Result<i32, String> {
-    let mut status = 0;
-    wait_until(&format!("pid {pid} exited"), || {
-        // SAFETY: waitpid on our child with a status we own.
-        unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == pid }
-    })?;
-    Ok(status)
-}
-
-/// Records in `v` unless `name` (pid) exited with status 0.
-fn expect_ok_exit(name: &str, pid: i32, v: &mut Verdict) {
-    match reap(pid) {
-        Ok(status) => v.eq(
-            &format!("{name} (pid {pid}): exit status"),
-            (libc::WIFEXITED(status), libc::WEXITSTATUS(status)),
-            (true, 0),
-        ),
-        Err(e) => v.fail(format!("{name}: {e}")),
-    }
-}
-
 /// A member: waits for the wake, then checks its ids against `want`.
 fn member(name: &str, want: Ids, v: &mut Verdict) {
     workload::wait_for_wake();
@@ -99,33 +55,26 @@ fn member(name: &str, want: Ids, v: &mut Verdict) {
     );
 }
 
-/// Ends a member with its verdict as exit status.
-fn exit_code(name: &str, v: Verdict) -> i32 {
-    if v.is_ok() {
-        return 0;
-    }
-    eprintln!("{name}: {}", v.into_diffs().join("; "));
-    1
-}
-
 /// The daemon: adopted by `root` in session and group `a`; forks D2.
 fn daemon(root: i32, a: i32) -> i32 {
     let mut v = Verdict::new();
-    if let Err(e) = wait_until("D adopted by the root", || ids_now().0 == root) {
+    if let Err(e) = workload::wait_until("D adopted by the root", STEP_TIMEOUT, || {
+        ids_now().0 == root
+    }) {
         v.fail(e);
     }
     let me = getpid();
-    let d2 = fork_child("D2", || {
+    let d2 = workload::fork_child(|| {
         let mut v = Verdict::new();
         member("D2", (me, a, a), &mut v);
-        exit_code("D2", v)
+        workload::exit_code("D2", v)
     });
     member("D", (root, a, a), &mut v);
     match d2 {
-        Ok(d2) => expect_ok_exit("D2", d2, &mut v),
+        Ok(d2) => workload::expect_ok_exit("D2", d2, STEP_TIMEOUT, &mut v),
         Err(e) => v.fail(e),
     }
-    exit_code("D", v)
+    workload::exit_code("D", v)
 }
 
 /// The pids the root checks and wakes.
@@ -144,52 +93,56 @@ fn build(root: i32, sid: i32, kids: &mut Vec<i32>) -> Result<Members, String> {
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(format!("PR_SET_CHILD_SUBREAPER: {}", last_err()));
     }
-    let a = fork_child("A", || {
+    let a = workload::fork_child(|| {
         // SAFETY: setsid has no memory preconditions.
         if unsafe { libc::setsid() } < 0 {
             return 1;
         }
         let a = getpid();
         // D outlives A at once; A's exit code says whether D was forked.
-        fork_child("D", || daemon(root, a)).map_or(1, |_| 0)
+        workload::fork_child(|| daemon(root, a)).map_or(1, |_| 0)
     })?;
     kids.push(a);
-    expect_zero("A", a, reap(a)?)?;
+    expect_zero("A", a, workload::reap(a, STEP_TIMEOUT)?)?;
     let d = single_child(root, &[])?;
     kids.push(d);
-    wait_until("D forked D2", || children(d).len() == 1)?;
+    workload::wait_until("D forked D2", STEP_TIMEOUT, || children(d).len() == 1)?;
     let d2 = children(d)[0];
     kids.push(d2);
 
-    let g = fork_child("G", || {
+    let g = workload::fork_child(|| {
         // SAFETY: setpgid on ourselves.
         if unsafe { libc::setpgid(0, 0) } != 0 {
             return 1;
         }
         let g = getpid();
-        fork_child("M1", || {
+        workload::fork_child(|| {
             let mut v = Verdict::new();
-            if let Err(e) = wait_until("M1 adopted by the root", || ids_now().0 == root) {
+            if let Err(e) = workload::wait_until("M1 adopted by the root", STEP_TIMEOUT, || {
+                ids_now().0 == root
+            }) {
                 v.fail(e);
             }
             member("M1", (root, g, sid), &mut v);
-            exit_code("M1", v)
+            workload::exit_code("M1", v)
         })
         .map_or(1, |_| 0)
     })?;
     kids.push(g);
-    wait_until("G's group exists", || proc_ids(g).is_some_and(|i| i.1 == g))?;
-    let m2 = fork_child("M2", || {
+    workload::wait_until("G's group exists", STEP_TIMEOUT, || {
+        proc_ids(g).is_some_and(|i| i.1 == g)
+    })?;
+    let m2 = workload::fork_child(|| {
         let mut v = Verdict::new();
         // SAFETY: setpgid on ourselves, into a group of our session.
         if unsafe { libc::setpgid(0, g) } != 0 {
             v.fail(format!("M2: setpgid into {g}: {}", last_err()));
         }
         member("M2", (root, g, sid), &mut v);
-        exit_code("M2", v)
+        workload::exit_code("M2", v)
     })?;
     kids.push(m2);
-    expect_zero("G", g, reap(g)?)?;
+    expect_zero("G", g, workload::reap(g, STEP_TIMEOUT)?)?;
     let m1 = single_child(root, &[d, m2])?;
     kids.push(m1);
     let plan = [
@@ -199,9 +152,11 @@ fn build(root: i32, sid: i32, kids: &mut Vec<i32>) -> Result<Members, String> {
         ("M2", m2, (root, g, sid)),
     ];
     for (name, pid, want) in plan {
-        wait_until(&format!("{name} (pid {pid}) has ids {want:?}"), || {
-            proc_ids(pid) == Some(want)
-        })?;
+        workload::wait_until(
+            &format!("{name} (pid {pid}) has ids {want:?}"),
+            STEP_TIMEOUT,
+            || proc_ids(pid) == Some(want),
+        )?;
     }
     Ok(Members {
         d,
@@ -250,7 +205,7 @@ fn check(root: (i32, i32, i32), m: &Members) -> Verdict {
         }
     }
     for (name, pid) in [("D", m.d), ("M1", m.m1), ("M2", m.m2)] {
-        expect_ok_exit(name, pid, &mut v);
+        workload::expect_ok_exit(name, pid, STEP_TIMEOUT, &mut v);
     }
     // SAFETY: waitpid with WNOHANG and a null status pointer.
     let rc = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };

@@ -15,7 +15,7 @@ use rcr_tests::workload::{self, getpid, last_err, Args, Verdict, WAKE_SIGNAL};
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 const PAYLOAD: &[u8] = b"from C, through the namespace\n";
@@ -44,53 +44,6 @@ fn ppid() -> i32 {
     unsafe { libc::getppid() }
 }
 
-/// Polls until `ok` holds, or fails with `what` at the deadline.
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) -> Result<(), String> {
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    while !ok() {
-        if Instant::now() >= deadline {
-            return Err(format!("{what}: not so after {STEP_TIMEOUT:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
-}
-
-/// Forks a child that runs `body` and exits with the code it returns.
-fn fork_child(name: &str, body: impl FnOnce() -> i32) -> Result<i32, String> {
-    // SAFETY: the process is single-threaded, so the child may run any code.
-    match unsafe { libc::fork() } {
-        -1 => Err(format!("fork {name}: {}", last_err())),
-        0 => std::process::exit(body()),
-        pid => Ok(pid),
-    }
-}
-
-/// Reaps `pid` and records in `v` unless it exited with status 0.
-fn expect_ok_exit(name: &str, pid: i32, v: &mut Verdict) {
-    let mut status = 0;
-    let reaped = wait_until(&format!("{name} (pid {pid}) exited"), || {
-        // SAFETY: waitpid on our child with a status we own.
-        unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == pid }
-    });
-    match reaped {
-        Ok(()) => v.eq(
-            &format!("{name} (pid {pid}): exit status"),
-            (libc::WIFEXITED(status), libc::WEXITSTATUS(status)),
-            (true, 0),
-        ),
-        Err(e) => v.fail(e),
-    }
-}
-
-fn exit_code(name: &str, v: Verdict) -> i32 {
-    if v.is_ok() {
-        return 0;
-    }
-    eprintln!("{name}: {}", v.into_diffs().join("; "));
-    1
-}
-
 /// C: pid 2 in the namespace, with thread T; writes the payload.
 fn c_main(pipe_w: OwnedFd) -> i32 {
     let mut v = Verdict::new();
@@ -104,7 +57,9 @@ fn c_main(pipe_w: OwnedFd) -> i32 {
         }
         (before, ns_pids("/proc/thread-self/status"), gettid())
     });
-    if let Err(e) = wait_until("T started", || T_TID.load(Ordering::SeqCst) != 0) {
+    if let Err(e) = workload::wait_until("T started", STEP_TIMEOUT, || {
+        T_TID.load(Ordering::SeqCst) != 0
+    }) {
         v.fail(e);
     }
     // SAFETY: writes from a local buffer into our pipe end.
@@ -124,14 +79,14 @@ fn c_main(pipe_w: OwnedFd) -> i32 {
         }
         Err(_) => v.fail("T panicked".into()),
     }
-    exit_code("C", v)
+    workload::exit_code("C", v)
 }
 
 /// I: the namespace's init; forks C, wakes it and passes on its verdict.
 fn i_main(pipe_w: OwnedFd) -> i32 {
     let mut v = Verdict::new();
     let before = ns_pids("/proc/self/status");
-    let c = match fork_child("C", || c_main(pipe_w)) {
+    let c = match workload::fork_child(|| c_main(pipe_w)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("I: {e}");
@@ -145,13 +100,13 @@ fn i_main(pipe_w: OwnedFd) -> i32 {
     v.eq("I: C's pid inside", c, 2);
     // SAFETY: signals our own child.
     unsafe { libc::kill(c, WAKE_SIGNAL) };
-    expect_ok_exit("C", c, &mut v);
-    exit_code("I", v)
+    workload::expect_ok_exit("C", c, STEP_TIMEOUT, &mut v);
+    workload::exit_code("I", v)
 }
 
 fn run(args: &Args) -> Result<Verdict, String> {
     let me = getpid();
-    let s = fork_child("S", || {
+    let s = workload::fork_child(|| {
         workload::wait_for_wake();
         i32::from(ppid() != me)
     })?;
@@ -166,14 +121,16 @@ fn run(args: &Args) -> Result<Verdict, String> {
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
         return Err(format!("unshare(CLONE_NEWPID): {}", last_err()));
     }
-    let i = fork_child("I", || i_main(pipe_w))?;
+    let i = workload::fork_child(|| i_main(pipe_w))?;
     let queued = || {
         let mut n: libc::c_int = 0;
         // SAFETY: FIONREAD writes the byte count into `n`.
         unsafe { libc::ioctl(pipe_r.as_raw_fd(), libc::FIONREAD, &mut n) };
         n as usize
     };
-    wait_until("C's bytes in the pipe", || queued() == PAYLOAD.len())?;
+    workload::wait_until("C's bytes in the pipe", STEP_TIMEOUT, || {
+        queued() == PAYLOAD.len()
+    })?;
     let children = || {
         fs::read_to_string(format!("/proc/{i}/task/{i}/children"))
             .unwrap_or_default()
@@ -181,7 +138,7 @@ fn run(args: &Args) -> Result<Verdict, String> {
             .filter_map(|p| p.parse().ok())
             .collect::<Vec<i32>>()
     };
-    wait_until("C seen from here", || children().len() == 1)?;
+    workload::wait_until("C seen from here", STEP_TIMEOUT, || children().len() == 1)?;
     let c = children()[0];
     let link = |name: &str| fs::read_link(format!("/proc/self/ns/{name}")).ok();
     let unshared_before = link("pid") != link("pid_for_children");
@@ -212,8 +169,8 @@ fn run(args: &Args) -> Result<Verdict, String> {
         // SAFETY: signals our own children.
         unsafe { libc::kill(pid, WAKE_SIGNAL) };
     }
-    expect_ok_exit("S", s, &mut v);
-    expect_ok_exit("I", i, &mut v);
+    workload::expect_ok_exit("S", s, STEP_TIMEOUT, &mut v);
+    workload::expect_ok_exit("I", i, STEP_TIMEOUT, &mut v);
     Ok(v)
 }
 

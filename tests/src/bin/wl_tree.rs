@@ -240,16 +240,6 @@ impl Reporter {
     }
 }
 
-/// Forks a child that runs `body` and exits with the code it returns.
-fn fork_child(name: &str, body: impl FnOnce() -> i32) -> Result<i32, String> {
-    // SAFETY: the process is single-threaded, so the child may run any code.
-    match unsafe { libc::fork() } {
-        -1 => Err(format!("fork {name}: {}", last_err())),
-        0 => std::process::exit(body()),
-        pid => Ok(pid),
-    }
-}
-
 /// The region the root shares with C.
 fn map_region() -> Result<&'static [AtomicU64], String> {
     let len = REGION_WORDS * 8;
@@ -372,7 +362,8 @@ fn child_a(rep: Reporter, root: Ids) -> i32 {
     }
     let me = getpid();
     let ids = setup_ids("A", (root.pid, me, me)).unwrap_or_else(|e| rep.fail_setup("A", &e));
-    let a1 = fork_child("A1", || child_a1(rep, ids)).unwrap_or_else(|e| rep.fail_setup("A", &e));
+    let a1 =
+        workload::fork_child(|| child_a1(rep, ids)).unwrap_or_else(|e| rep.fail_setup("A", &e));
     // Both sides set A1's group, so it is set whichever runs first; the
     // child's own call may already have done it.
     // SAFETY: setpgid on our own child.
@@ -454,14 +445,14 @@ fn build(kids: &mut Vec<i32>) -> Result<Tree, String> {
     let root = Ids::now();
     let (rep_r, rep_w) = pipe()?;
     let rep = Reporter { fd: rep_w };
-    let a = fork_child("A", || child_a(rep, root))?;
+    let a = workload::fork_child(|| child_a(rep, root))?;
     kids.push(a);
-    let b = fork_child("B", child_b)?;
+    let b = workload::fork_child(child_b)?;
     kids.push(b);
     // Made after A and B exist, so only the root and C share them.
     let region = map_region()?;
     let (data_r, data_w) = pipe()?;
-    let c = fork_child("C", || {
+    let c = workload::fork_child(|| {
         close(data_r);
         child_c(rep, root, data_w, region)
     })?;

@@ -109,15 +109,6 @@ fn has_ctty(v: &mut Verdict) {
     }
 }
 
-fn exit_code(who: &str, v: Verdict) -> i32 {
-    let diffs = v.into_diffs();
-    if diffs.is_empty() {
-        return 0;
-    }
-    eprintln!("wl_tty {who}: FAIL: {}", diffs.join("; "));
-    1
-}
-
 fn leader_check(g: i32) -> i32 {
     let mut v = Verdict::new();
     let me = getpid();
@@ -130,7 +121,7 @@ fn leader_check(g: i32) -> i32 {
         libc::waitpid(g, &mut status, 0);
         v.eq("C: G's exit status", status, 0);
     }
-    exit_code("C", v)
+    workload::exit_code("C", v)
 }
 
 fn member_check() -> i32 {
@@ -140,7 +131,7 @@ fn member_check() -> i32 {
         v.eq("G: foreground", libc::tcgetpgrp(SLAVE), libc::getpgrp());
     }
     has_ctty(&mut v);
-    exit_code("G", v)
+    workload::exit_code("G", v)
 }
 
 fn set_lock(mut on: libc::c_int) -> Result<(), String> {
