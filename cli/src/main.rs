@@ -68,20 +68,8 @@ enum Command {
         /// the program could have seen is missing) or none (warn only).
         #[arg(long, value_name = "MODE", default_value = "compatible")]
         cpu_check: rcr_engine::cpu::CpuCheck,
-        /// Run the restored program under a CPU profile: x86-64-v2|v3|v4, a
-        /// file of feature names, `rcr cpu --json` output or a checkpoint dir;
-        /// comma-separated for their intersection. rcr stays to answer CPUID.
-        #[arg(long, value_name = "PROFILE")]
-        cpu_profile: Option<String>,
-        /// How the profile is enforced: trap (CPUID faulting, answered by
-        /// rcr) or glibc (only for programs started later).
-        #[arg(
-            long,
-            value_name = "MODE",
-            default_value = "trap",
-            requires = "cpu_profile"
-        )]
-        cpu_profile_mode: rcr_engine::cpu::ProfileMode,
+        #[command(flatten)]
+        cpu: CpuProfileArgs,
         /// Restore a tree dumped with --shell-job onto rcr's stdin terminal,
         /// in rcr's session, its job in the foreground; rcr stays its parent
         /// until it ends, relaying job control, and exits with its status.
@@ -117,20 +105,8 @@ enum Command {
         /// The program to start when there is no checkpoint yet.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
-        /// Start CMD under a CPU profile (as for `rcr restore`); a
-        /// checkpoint is restored under the profile it recorded.
-        #[arg(long, value_name = "PROFILE")]
-        cpu_profile: Option<String>,
-        /// trap: CPUID faulting, every CPUID answered by rcr (needs the
-        /// cpuid_fault CPU feature); glibc: only glibc's dispatch is masked,
-        /// through GLIBC_TUNABLES, and CPUID itself tells the truth.
-        #[arg(
-            long,
-            value_name = "MODE",
-            default_value = "trap",
-            requires = "cpu_profile"
-        )]
-        cpu_profile_mode: rcr_engine::cpu::ProfileMode,
+        #[command(flatten)]
+        cpu: CpuProfileArgs,
     },
     /// Checkpoint the program that `rcr run --image DIR` runs.
     Checkpoint {
@@ -177,21 +153,16 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
             dir,
             stats,
             cpu_check,
-            cpu_profile,
-            cpu_profile_mode,
+            cpu,
             pids,
             external_unix,
             shell_job,
         } => {
-            let cpu_profile = cpu_profile
-                .map(|p| rcr_engine::cpu::CpuProfile::parse(&p))
-                .transpose()?
-                .map(|p| (p, cpu_profile_mode));
             let s = rcr_engine::restore(&rcr_engine::RestoreOptions {
                 dir,
                 pids,
                 cpu_check,
-                cpu_profile,
+                cpu_profile: cpu.parse()?,
                 external_unix,
                 shell_job,
             })?;
@@ -236,25 +207,16 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
                 print_report(&report);
             }
         }
-        Command::Run {
-            dir,
-            command,
-            cpu_profile,
-            cpu_profile_mode,
-        } => {
-            let run = |cpu_profile: Option<String>| {
-                let cpu_profile = cpu_profile
-                    .map(|p| rcr_engine::cpu::CpuProfile::parse(&p))
-                    .transpose()?
-                    .map(|p| (p, cpu_profile_mode));
+        Command::Run { dir, command, cpu } => {
+            let run = || {
                 rcr_engine::run::run(&rcr_engine::run::RunOptions {
                     dir,
                     command,
-                    cpu_profile,
+                    cpu_profile: cpu.parse()?,
                 })
             };
             // Whatever kept the program from starting exits RUN_FAILED.
-            let code = run(cpu_profile).unwrap_or_else(|e| {
+            let code = run().unwrap_or_else(|e| {
                 eprintln!("rcr: {e}");
                 rcr_engine::run::RUN_FAILED
             });
@@ -265,6 +227,40 @@ fn run(cli: Cli) -> Result<ExitCode, rcr_engine::Error> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A CPU profile to run the program under, for `restore` and `run`.
+#[derive(clap::Args, Debug)]
+struct CpuProfileArgs {
+    /// x86-64-v2|v3|v4, a file of feature names, `rcr cpu --json` output or
+    /// a checkpoint dir; comma-separated for their intersection. `rcr run`
+    /// restores a checkpoint under the profile it recorded.
+    #[arg(long, value_name = "PROFILE")]
+    cpu_profile: Option<String>,
+    /// trap: CPUID faulting, every CPUID answered by rcr (needs the
+    /// cpuid_fault CPU feature); glibc: only glibc's dispatch is masked,
+    /// through GLIBC_TUNABLES (programs started later), and CPUID itself
+    /// tells the truth.
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "trap",
+        requires = "cpu_profile"
+    )]
+    cpu_profile_mode: rcr_engine::cpu::ProfileMode,
+}
+
+impl CpuProfileArgs {
+    fn parse(
+        &self,
+    ) -> rcr_engine::Result<Option<(rcr_engine::cpu::CpuProfile, rcr_engine::cpu::ProfileMode)>>
+    {
+        self.cpu_profile
+            .as_deref()
+            .map(rcr_engine::cpu::CpuProfile::parse)
+            .transpose()
+            .map(|p| p.map(|p| (p, self.cpu_profile_mode)))
+    }
 }
 
 fn print_report(report: &rcr_engine::check::Report) {
