@@ -14,9 +14,14 @@
 //! `rcr-bench --tcp [N] [--runs R]` measures a tree of two processes
 //! holding N established loopback TCP connections (default 1000), dumped
 //! with `--tcp-established` (`--tcp-workload N`).
+//! `rcr-bench --run [--procs N] [--mib M] [--runs R]` times the restore of
+//! a tree of N processes x M MiB (default 8 x 16) under `rcr run` as root,
+//! as a user with a capable copy of rcr and as one with none, beside plain
+//! `rcr restore`.
 //! `--pids set_tid|ns_last_pid|spin` restores pids only that way.
 
 mod fds;
+mod run;
 mod tcp;
 mod tree;
 
@@ -73,6 +78,12 @@ fn main() {
     if args.iter().any(|a| a == "--tcp") {
         let n = flag("--tcp").and_then(|s| s.parse().ok()).unwrap_or(1000);
         tcp::tcp(n, runs, &base);
+        return;
+    }
+    if args.iter().any(|a| a == "--run") {
+        let procs = flag("--procs").map_or(8, |s| s.parse().expect("--procs N"));
+        let mib = flag("--mib").map_or(16, |s| s.parse().expect("--mib N"));
+        run::run(procs, mib, runs, &base);
         return;
     }
     if args.iter().any(|a| a == "--trees") {

@@ -6,8 +6,9 @@
 //! forking and the children only read what they inherited, so it stays
 //! shared copy-on-write; a restore that gives each child its own copy shows
 //! in the tree's RSS and PSS, which [`round_trip`] reads before the dump and
-//! after the restore). Readiness is counted in a shared anonymous page
-//! (which rcr restores as shared). On SIGUSR1 the root wakes the children,
+//! after the restore). Each child says ready with a byte on a pipe, closed
+//! before the dump (a shared page would keep `rcr run` without privilege
+//! from dumping it: it reads shared memory through map_files). On SIGUSR1 the root wakes the children,
 //! each checks its memory and exits, and the root exits 0 only if all did so
 //! with 0. The thread workload parks its threads in `pause()` and, once
 //! woken, checks that every thread is still there.
@@ -15,7 +16,7 @@
 use crate::{pattern, MIB};
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 static WOKEN: AtomicBool = AtomicBool::new(false);
@@ -75,20 +76,9 @@ fn intact(mem: &[u64], seed: usize) -> bool {
 /// workload's root.
 pub fn tree_workload(procs: usize, mib: usize, inherit: bool) -> ! {
     prepare_workload();
-    // SAFETY: one shared anonymous page for the ready count.
-    let ready = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(ready, libc::MAP_FAILED);
-    // SAFETY: the page is mapped, aligned and lives as long as the process.
-    let ready = unsafe { &*(ready as *const AtomicU64) };
+    let mut ready = [0; 2];
+    // SAFETY: a pipe into an array we own.
+    assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0, "pipe");
     let null = dev_null();
     let inherited = inherit.then(|| filled(mib, 0));
     let mut children = Vec::new();
@@ -107,15 +97,31 @@ pub fn tree_workload(procs: usize, mib: usize, inherit: bool) -> ! {
                     (&own, n)
                 }
             };
-            ready.fetch_add(1, Ordering::SeqCst);
+            // SAFETY: one byte to the root on our pipe, which is then
+            // closed, as nothing of it is to be dumped.
+            unsafe {
+                libc::write(ready[1], [1u8].as_ptr().cast(), 1);
+                libc::close(ready[0]);
+                libc::close(ready[1]);
+            }
             wait_for_wake();
             std::process::exit(if intact(mem, seed) { 0 } else { 1 });
         }
         children.push(pid);
     }
     let mem = inherited.unwrap_or_else(|| filled(mib, 0));
-    while ready.load(Ordering::SeqCst) < (procs - 1) as u64 {
-        std::thread::sleep(std::time::Duration::from_millis(1));
+    let mut byte = [0u8];
+    for _ in 1..procs {
+        // SAFETY: waits for one child's byte on our pipe.
+        assert_eq!(
+            unsafe { libc::read(ready[0], byte.as_mut_ptr().cast(), 1) },
+            1
+        );
+    }
+    // SAFETY: closes our pipe, read to its end.
+    unsafe {
+        libc::close(ready[0]);
+        libc::close(ready[1]);
     }
     say_ready();
     wait_for_wake();

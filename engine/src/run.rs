@@ -251,7 +251,7 @@ fn restore_program(opts: &RunOptions, images: PathBuf) -> Result<(i32, Option<Ma
         );
     }
     let stats = crate::restore(&crate::RestoreOptions {
-        dir: images,
+        dir: images.clone(),
         cpu_profile: cpu_profile.clone(),
         ..Default::default()
     })
@@ -259,6 +259,13 @@ fn restore_program(opts: &RunOptions, images: PathBuf) -> Result<(i32, Option<Ma
     for w in &stats.warnings {
         eprintln!("rcr run: warning: {w}");
     }
+    // Once the tree runs again; `rcr-bench --run` times restores by it.
+    eprintln!(
+        "rcr run: restored {} (pid {}) in {:.1} ms",
+        images.display(),
+        stats.pid,
+        stats.seconds * 1e3
+    );
     let masking = stats
         .cpu_emulator
         .zip(cpu_profile)

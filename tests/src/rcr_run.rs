@@ -60,6 +60,12 @@ impl Run {
         };
         #[allow(clippy::zombie_processes)]
         let outer = spawn_retrying(&mut cmd).id() as i32;
+        Run::attach(outer, &log)
+    }
+
+    /// Watches the `rcr run` of pid `outer` (our child, its output in
+    /// `log`): waits until its init has started or restored the program.
+    pub fn attach(outer: i32, log: &Path) -> Run {
         let mut run = Run {
             outer,
             init: 0,
@@ -72,7 +78,7 @@ impl Run {
                 run.outer = 0;
                 panic!(
                     "rcr run started no program ({ended:?}): {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
+                    std::fs::read_to_string(log).unwrap_or_default()
                 );
             }
             if let Some(&init) = children(outer).first() {
@@ -121,6 +127,19 @@ pub fn wait_ready(dir: &TestDir) {
     let deadline = Instant::now() + TIMEOUT;
     while !std::fs::read_to_string(dir.join("ready")).is_ok_and(|s| s.starts_with("ready")) {
         assert!(Instant::now() < deadline, "program not ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until `rcr run`'s log (`DIR/run.log`, which the program started
+/// by [`Run::start`] writes to as well) holds `text`.
+pub fn wait_for_log(dir: &TestDir, text: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(dir.join("run.log")).is_ok_and(|s| s.contains(text)) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the log of rcr run"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -94,14 +94,30 @@ impl Drop for TestUser {
     }
 }
 
+/// The capabilities a user's rcr needs on this host:
+/// `cap_checkpoint_restore`, and `cap_sys_ptrace` where Yama restricts
+/// ptrace.
+pub fn needed_caps() -> u64 {
+    use rcr_engine::privilege::{CAP_CHECKPOINT_RESTORE, CAP_SYS_PTRACE};
+    let yama = fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .map(|s| s.trim() != "0")
+        .unwrap_or(false);
+    1 << CAP_CHECKPOINT_RESTORE | if yama { 1 << CAP_SYS_PTRACE } else { 0 }
+}
+
 /// A copy of `rcr` in `dir` with file capabilities `caps` (written as the
 /// `security.capability` attribute, as setcap would), runnable by anyone.
 pub fn capped_rcr(dir: &TestDir, name: &str, caps: u64) -> PathBuf {
+    capped_copy(&rcr_bin(), &dir.join(name), caps)
+}
+
+/// Copies the rcr binary `rcr` to `path` with file capabilities `caps`,
+/// runnable by anyone; returns `path`.
+pub fn capped_copy(rcr: &Path, path: &Path, caps: u64) -> PathBuf {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    fs::copy(rcr_bin(), &path).expect("copy rcr");
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod rcr");
+    fs::copy(rcr, path).expect("copy rcr");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod rcr");
     if caps != 0 {
         let value = rcr_engine::privilege::file_caps_xattr(caps);
         let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
@@ -123,5 +139,5 @@ pub fn capped_rcr(dir: &TestDir, name: &str, caps: u64) -> PathBuf {
             std::io::Error::last_os_error()
         );
     }
-    path
+    path.to_path_buf()
 }

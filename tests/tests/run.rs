@@ -5,7 +5,7 @@
 
 use rcr_engine::privilege::CAP_CHECKPOINT_RESTORE;
 use rcr_tests::harness::{chown, run_rcr, send_signal, spawn_retrying, Exit, TestDir};
-use rcr_tests::rcr_run::{wait_ready, Run};
+use rcr_tests::rcr_run::{wait_for_log, wait_ready, Run};
 use rcr_tests::unpriv::{capped_rcr, TestUser};
 use std::process::{Command, Stdio};
 
@@ -33,6 +33,13 @@ fn run_checkpoint_and_restore(dir: &TestDir) {
         Some(2),
         "restored with its saved pid"
     );
+    // The program is init's child while it is still being restored: it
+    // is woken once rcr run reports it running.
+    let report = format!(
+        "rcr run: restored {} (pid 2) in ",
+        images.join("checkpoint").display()
+    );
+    wait_for_log(dir, &report);
     assert!(send_signal(second.program, libc::SIGUSR1));
     assert_eq!(
         second.wait(),
@@ -41,6 +48,13 @@ fn run_checkpoint_and_restore(dir: &TestDir) {
     );
     let verdict = std::fs::read_to_string(&result).expect("verdict");
     assert_eq!(verdict, "OK\npid 2\n");
+    // What `rcr-bench --run` times restores by.
+    let log = std::fs::read_to_string(dir.join("run.log")).unwrap();
+    let report = format!(
+        "rcr run: restored {} (pid 2) in ",
+        images.join("checkpoint").display()
+    );
+    assert!(log.contains(&report), "no restore report in {log:?}");
 }
 
 #[test]

@@ -2,21 +2,12 @@
 //! capabilities (`cap_checkpoint_restore`, plus `cap_sys_ptrace` where Yama
 //! restricts ptrace) and checkpoints and restores their own processes.
 
-use rcr_engine::privilege::{CAP_CHECKPOINT_RESTORE, CAP_SYS_PTRACE};
 use rcr_tests::harness::{assert_no_process, dump, restore, run_rcr, TestDir, Workload};
-use rcr_tests::unpriv::{capped_rcr, TestUser};
+use rcr_tests::unpriv::{capped_rcr, needed_caps, TestUser};
 use std::path::Path;
 
 const TREE: &str = env!("CARGO_BIN_EXE_wl_tree");
 const IDLE: &str = env!("CARGO_BIN_EXE_wl_idle");
-
-/// The capabilities a user's rcr needs on this host.
-fn needed_caps() -> u64 {
-    let yama = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
-        .map(|s| s.trim() != "0")
-        .unwrap_or(false);
-    1 << CAP_CHECKPOINT_RESTORE | if yama { 1 << CAP_SYS_PTRACE } else { 0 }
-}
 
 fn user_dir(name: &str, user: &TestUser) -> TestDir {
     let mut dir = TestDir::new(name);

@@ -125,7 +125,7 @@ fn write_tree(
     locks::check_all_seen(&pids)?;
     let mut file_table = FileTableBuilder::default();
     if opts.tcp_established {
-        file_table.repair_tcp();
+        file_table.repair_tcp(&pids)?;
     }
     if opts.external_unix {
         file_table.external_unix();

@@ -306,9 +306,13 @@ impl FileTableBuilder {
         self.unix.external = true;
     }
 
-    /// Takes established TCP connections in repair mode from now on.
-    pub fn repair_tcp(&mut self) {
-        self.repaired = Some(inet_socket::Repaired::default());
+    /// Takes established TCP connections in repair mode from now on,
+    /// locking those of processes `pids` first.
+    pub fn repair_tcp(&mut self, pids: &[i32]) -> Result<()> {
+        let mut repaired = inet_socket::Repaired::default();
+        repaired.lock_all(pids)?;
+        self.repaired = Some(repaired);
+        Ok(())
     }
 
     /// The sockets left in repair mode, for the caller to close or release.

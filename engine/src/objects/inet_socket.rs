@@ -53,6 +53,7 @@ use super::unix_socket::{family_name, get_opt, set_buffer, set_opt};
 use crate::error::{Error, Result};
 use nix::sys::socket::{self as sock, MsgFlags, SockaddrStorage};
 use rcr_images::pb;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -298,6 +299,25 @@ impl Repaired {
         self.lock.table()
     }
 
+    /// Locks every established TCP connection that processes `pids` hold,
+    /// in a few nf_tables transactions, before any is read (each then
+    /// finds its connection locked already).
+    pub fn lock_all(&mut self, pids: &[i32]) -> Result<()> {
+        let conns = established(pids);
+        let pairs: Vec<_> = conns.iter().map(|&(_, l, p)| (l, p)).collect();
+        self.lock.add_all(&pairs).map_err(|e| {
+            let (pid, local, peer) = conns[0];
+            Error::Unsupported {
+                pid,
+                what: format!(
+                    "the tree's {} established TCP connections (the first {local} -> {peer}) \
+                     cannot be locked with nf_tables (needs CAP_NET_ADMIN): {e}",
+                    conns.len()
+                ),
+            }
+        })
+    }
+
     pub fn close_silently(mut self) {
         self.held.clear();
         self.lock = Netlock::default();
@@ -357,6 +377,60 @@ fn dump_stream(
             Err(e)
         }
     }
+}
+
+/// The established TCP connections that processes `pids` hold, as (pid,
+/// local, peer): their descriptors' socket inodes looked up in the
+/// connection tables of rcr's network namespace (a socket of another is
+/// refused when its descriptor is dumped). A descriptor that cannot be
+/// read here is missed, and its connection locked alone when dumped.
+fn established(pids: &[i32]) -> Vec<(i32, SocketAddr, SocketAddr)> {
+    let mut owner = HashMap::new();
+    for &pid in pids {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter();
+        for fd in fds.flatten().flatten() {
+            let link = std::fs::read_link(fd.path()).unwrap_or_default();
+            let ino = link
+                .to_str()
+                .and_then(|l| l.strip_prefix("socket:[")?.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(ino) = ino {
+                owner.entry(ino).or_insert(pid);
+            }
+        }
+    }
+    let mut conns = Vec::new();
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "01" {
+                continue;
+            }
+            let pid = f[9].parse::<u64>().ok().and_then(|i| owner.get(&i));
+            if let (Some(&pid), Some(local), Some(peer)) = (pid, proc_addr(f[1]), proc_addr(f[2])) {
+                conns.push((pid, local, peer));
+            }
+        }
+    }
+    conns
+}
+
+/// An address as /proc/net/tcp{,6} shows it: the address's 32-bit words
+/// in hex, each as the host reads it, a colon and the port in hex.
+fn proc_addr(text: &str) -> Option<SocketAddr> {
+    let (addr, port) = text.split_once(':')?;
+    let mut bytes = Vec::with_capacity(16);
+    for i in (0..addr.len()).step_by(8) {
+        let word = u32::from_str_radix(addr.get(i..i + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok()?.into(),
+        16 => <[u8; 16]>::try_from(bytes).ok()?.into(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, u16::from_str_radix(port, 16).ok()?))
 }
 
 fn read_stream(
@@ -1022,6 +1096,29 @@ mod tests {
         let mut got = [0u8; 5];
         a.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"after");
+    }
+
+    #[test]
+    fn proc_net_tcp_addresses_read_back() {
+        let v4 = proc_addr("0100007F:1F90").unwrap();
+        assert_eq!(v4, "127.0.0.1:8080".parse().unwrap());
+        let v6 = proc_addr("00000000000000000000000001000000:0016").unwrap();
+        assert_eq!(v6, "[::1]:22".parse().unwrap());
+        assert_eq!(proc_addr("0100007F"), None);
+    }
+
+    #[test]
+    fn a_process_established_connections_are_found() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        let pid = std::process::id() as i32;
+        let found = established(&[pid]);
+        for s in [&c, &a] {
+            let want = (pid, s.local_addr().unwrap(), s.peer_addr().unwrap());
+            assert!(found.contains(&want), "{want:?} not in {found:?}");
+        }
+        assert!(established(&[]).is_empty());
     }
 
     /// Dumps both ends of a connection in repair mode, closes them

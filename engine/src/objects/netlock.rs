@@ -9,8 +9,10 @@
 //! NETLINK_NETFILTER socket (CAP_NET_ADMIN): one chain on the input hook,
 //! ahead of conntrack and the usual filter chains, and one rule per
 //! connection dropping the segments from its peer's address and port to
-//! its own. Dump adds a connection's rule before it reads the
-//! connection, so nothing arrives between the read and the kill; it
+//! its own. Dump adds the rules of all the tree's connections, in a few
+//! transactions, before it reads any (one it finds unlocked still gets
+//! its rule before it is read), so nothing arrives between the read and
+//! the kill; it
 //! removes the table again when the tree runs on (`--leave-running`, or a
 //! failed dump). Otherwise the table's name goes into the inventory and
 //! a restore removes it once every process runs. A failed restore leaves
@@ -18,6 +20,7 @@
 //! `nft delete table inet <name>` lets the connection go.
 
 use nix::sys::socket::{self as sock, MsgFlags, NetlinkAddr};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -77,10 +80,17 @@ const NF_INET_LOCAL_IN: u32 = 1;
 const PRIORITY: i32 = -300;
 const CHAIN: &str = "input";
 
-/// The lock of one dump: its table, made with the first connection.
+/// Rules per nf_tables transaction: their messages (about 400 bytes
+/// each) and acknowledgements stay well inside a netlink socket's default
+/// buffers.
+const RULES_PER_BATCH: usize = 64;
+
+/// The lock of one dump: its table, made with the first connection, and
+/// the connections it holds.
 pub struct Netlock {
     name: String,
     made: bool,
+    locked: HashSet<(SocketAddr, SocketAddr)>,
 }
 
 impl Default for Netlock {
@@ -94,6 +104,7 @@ impl Default for Netlock {
                 COUNT.fetch_add(1, Ordering::Relaxed)
             ),
             made: false,
+            locked: HashSet::new(),
         }
     }
 }
@@ -104,51 +115,74 @@ impl Netlock {
         self.made.then_some(self.name.as_str())
     }
 
+    /// Drops what each peer sends to its local end from now on, given as
+    /// (local, peer) pairs. The rules go in a few transactions of
+    /// [`RULES_PER_BATCH`] each rather than one per connection, since
+    /// each commit costs time in proportion to the chain's rules.
+    pub fn add_all(&mut self, conns: &[(SocketAddr, SocketAddr)]) -> std::io::Result<()> {
+        let fresh: Vec<_> = conns
+            .iter()
+            .map(|&(l, p)| (canonical(l), canonical(p)))
+            .filter(|c| !self.locked.contains(c))
+            .collect();
+        for chunk in fresh.chunks(RULES_PER_BATCH) {
+            let mut batch = Batch::default();
+            if !self.made {
+                self.push_table(&mut batch);
+            }
+            for &(local, peer) in chunk {
+                batch.push(
+                    NFT_MSG_NEWRULE,
+                    libc::NLM_F_CREATE | libc::NLM_F_APPEND,
+                    [
+                        nul(NFTA_RULE_TABLE, &self.name),
+                        nul(NFTA_RULE_CHAIN, CHAIN),
+                        nest(NFTA_RULE_EXPRESSIONS, &drop_from(peer, local)),
+                    ],
+                );
+            }
+            batch.send()?;
+            self.made = true;
+            self.locked.extend(chunk);
+        }
+        Ok(())
+    }
+
     /// Drops what `peer` sends to `local` from now on.
     pub fn add(&mut self, local: SocketAddr, peer: SocketAddr) -> std::io::Result<()> {
-        let (local, peer) = (canonical(local), canonical(peer));
-        let mut batch = Batch::default();
-        if !self.made {
-            batch.push(
-                NFT_MSG_NEWTABLE,
-                libc::NLM_F_CREATE,
-                [nul(NFTA_TABLE_NAME, &self.name)],
-            );
-            let hook = nest(
-                NFTA_CHAIN_HOOK,
-                &[
-                    be32(NFTA_HOOK_HOOKNUM, NF_INET_LOCAL_IN),
-                    be32(NFTA_HOOK_PRIORITY, PRIORITY as u32),
-                ],
-            );
-            batch.push(
-                NFT_MSG_NEWCHAIN,
-                libc::NLM_F_CREATE,
-                [
-                    nul(NFTA_CHAIN_TABLE, &self.name),
-                    nul(NFTA_CHAIN_NAME, CHAIN),
-                    hook,
-                    be32(NFTA_CHAIN_POLICY, NF_ACCEPT),
-                    nul(NFTA_CHAIN_TYPE, "filter"),
-                ],
-            );
-        }
+        self.add_all(&[(local, peer)])
+    }
+
+    /// Makes the table and its input chain.
+    fn push_table(&self, batch: &mut Batch) {
         batch.push(
-            NFT_MSG_NEWRULE,
-            libc::NLM_F_CREATE | libc::NLM_F_APPEND,
-            [
-                nul(NFTA_RULE_TABLE, &self.name),
-                nul(NFTA_RULE_CHAIN, CHAIN),
-                nest(NFTA_RULE_EXPRESSIONS, &drop_from(peer, local)),
+            NFT_MSG_NEWTABLE,
+            libc::NLM_F_CREATE,
+            [nul(NFTA_TABLE_NAME, &self.name)],
+        );
+        let hook = nest(
+            NFTA_CHAIN_HOOK,
+            &[
+                be32(NFTA_HOOK_HOOKNUM, NF_INET_LOCAL_IN),
+                be32(NFTA_HOOK_PRIORITY, PRIORITY as u32),
             ],
         );
-        batch.send()?;
-        self.made = true;
-        Ok(())
+        batch.push(
+            NFT_MSG_NEWCHAIN,
+            libc::NLM_F_CREATE,
+            [
+                nul(NFTA_CHAIN_TABLE, &self.name),
+                nul(NFTA_CHAIN_NAME, CHAIN),
+                hook,
+                be32(NFTA_CHAIN_POLICY, NF_ACCEPT),
+                nul(NFTA_CHAIN_TYPE, "filter"),
+            ],
+        );
     }
 
     /// Removes the table, if made.
     pub fn remove(&mut self) -> std::io::Result<()> {
+        self.locked.clear();
         if std::mem::take(&mut self.made) {
             unlock(&self.name)?;
         }
@@ -386,8 +420,15 @@ mod tests {
         let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (mut a, _) = l.accept().unwrap();
         let mut lock = Netlock::default();
-        lock.add(a.local_addr().unwrap(), a.peer_addr().unwrap())
-            .unwrap();
+        // Behind more connections than one transaction takes, so that the
+        // last transaction is the one that locks it.
+        let nobody = |port| SocketAddr::from(([127, 0, 0, 2], port));
+        let mut conns: Vec<_> = (1..=RULES_PER_BATCH as u16 + 5)
+            .map(|p| (nobody(p), nobody(p + 1000)))
+            .collect();
+        conns.push((a.local_addr().unwrap(), a.peer_addr().unwrap()));
+        lock.add_all(&conns).unwrap();
+        assert_eq!(lock.locked.len(), conns.len());
         c.write_all(b"held").unwrap();
         a.set_nonblocking(true).unwrap();
         // Not delivered while locked (the lock is what we check here; a
