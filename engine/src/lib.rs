@@ -14,6 +14,7 @@ mod dump;
 pub mod error;
 pub mod infect;
 mod objects;
+mod par;
 pub mod privilege;
 pub mod proc;
 pub mod ptrace;

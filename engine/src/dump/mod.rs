@@ -135,18 +135,26 @@ fn write_tree(
     // it at restore (dumped before it), whose memory it will inherit.
     let forker = pstree::memory_parents(&entries);
     let mut dumped: BTreeMap<i32, Vec<pb::Vma>> = BTreeMap::new();
-    for (s, st) in &live {
-        let i = entries
-            .iter()
-            .position(|e| e.pid == s.pid())
-            .expect("listed above");
-        let parent = forker[i]
-            .and_then(|p| dumped.get_key_value(&entries[p].pid))
-            .map(|(&ppid, vmas)| (ppid, vmas.as_slice()));
-        let (bytes, vmas) = dump_process(s.pid(), s.tids(), st, dir, &mut file_table, parent)?;
-        pages_bytes += bytes;
-        dumped.insert(s.pid(), vmas);
-    }
+    // Checksumming a process's pages and writing its page map need no
+    // ptrace: other threads do it while this one dumps the next process.
+    let finish = |(pages, path): (pages::Unsummed, PathBuf)| pages.finish(&path);
+    crate::par::alongside(finish, |finishing| {
+        for (s, st) in &live {
+            let i = entries
+                .iter()
+                .position(|e| e.pid == s.pid())
+                .expect("listed above");
+            let parent = forker[i]
+                .and_then(|p| dumped.get_key_value(&entries[p].pid))
+                .map(|(&ppid, vmas)| (ppid, vmas.as_slice()));
+            let (bytes, vmas, pages) =
+                dump_process(s.pid(), s.tids(), st, dir, &mut file_table, parent)?;
+            finishing((pages, dir.pagemap(s.pid())));
+            pages_bytes += bytes;
+            dumped.insert(s.pid(), vmas);
+        }
+        Ok(())
+    })?;
     file_table.resolve_epolls()?;
     let caller = live
         .first()
@@ -181,12 +189,13 @@ struct Inside {
     itimers: Vec<pb::Itimer>,
     posix_timers: Vec<pb::PosixTimer>,
     misc: parasite_abi::Misc,
-    pages: pb::PageMap,
+    pages: pages::Unsummed,
 }
 
 /// Dumps one seized process, whose stat is `st`, into its images; pages
 /// shared with `parent` (its pid and VMAs) are only listed. Returns the
-/// bytes of pages written and the VMAs.
+/// bytes of pages written, the VMAs, and the pages file whose checksums
+/// and page map are still to be written.
 fn dump_process(
     pid: i32,
     tids: &[i32],
@@ -194,7 +203,7 @@ fn dump_process(
     dir: &ImageDir,
     file_table: &mut FileTableBuilder,
     parent: Option<(i32, &[pb::Vma])>,
-) -> Result<(u64, Vec<pb::Vma>)> {
+) -> Result<(u64, Vec<pb::Vma>, pages::Unsummed)> {
     // Refusals first, while nothing has been done to the task.
     let status = status::read_status(pid)?;
     check_creds(pid, &status)?;
@@ -264,6 +273,7 @@ fn dump_process(
     };
     let pages_bytes = inside
         .pages
+        .map()
         .runs
         .iter()
         .filter(|r| !r.inherited)
@@ -271,9 +281,8 @@ fn dump_process(
         .sum();
     images::write(&dir.core(pid), &core)?;
     images::write(&dir.mm(pid), &mm)?;
-    images::write(&dir.pagemap(pid), &inside.pages)?;
     images::write(&dir.fs(pid), &fs)?;
-    Ok((pages_bytes, vmas))
+    Ok((pages_bytes, vmas, inside.pages))
 }
 
 fn collect_inside(

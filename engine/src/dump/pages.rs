@@ -11,16 +11,37 @@ use rcr_images::pb;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Writes every run and returns the page map with checksums; inherited
-/// runs are only listed.
+/// A written pages file whose page map still lacks the runs' checksums:
+/// they are computed apart, while rcr goes on with the next process.
+pub struct Unsummed {
+    file: File,
+    path: PathBuf,
+    map: pb::PageMap,
+}
+
+impl Unsummed {
+    pub fn map(&self) -> &pb::PageMap {
+        &self.map
+    }
+
+    /// Adds the checksums and writes the page map to `pagemap`.
+    pub fn finish(mut self, pagemap: &Path) -> Result<()> {
+        add_checksums(&self.file, &self.path, &mut self.map)?;
+        rcr_images::write(pagemap, &self.map)?;
+        Ok(())
+    }
+}
+
+/// Writes every run and returns the page map, without checksums yet;
+/// inherited runs are only listed.
 pub fn write_pages(
     pid: i32,
     parasite: &mut Parasite,
     all_runs: &[DumpRun],
     path: &Path,
-) -> Result<pb::PageMap> {
+) -> Result<Unsummed> {
     let data: Vec<DumpRun> = all_runs.iter().filter(|r| !r.inherited).copied().collect();
     let runs = &data[..];
     let mut file = std::fs::OpenOptions::new()
@@ -78,8 +99,11 @@ pub fn write_pages(
             }),
     );
     map.runs.sort_unstable_by_key(|r| r.vaddr);
-    add_checksums(&file, path, &mut map)?;
-    Ok(map)
+    Ok(Unsummed {
+        file,
+        path: path.to_path_buf(),
+        map,
+    })
 }
 
 fn copy_through_proc_mem(

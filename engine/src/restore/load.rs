@@ -1,5 +1,6 @@
 //! Loading a checkpoint and checking it whole before anything is created:
 //! versions, checksums (page data included), and every cross-reference.
+//! Processes are read and checked in parallel (see [`crate::par`]).
 
 use crate::error::{Error, Result};
 use crate::objects::{files, memory, pstree};
@@ -54,8 +55,9 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         )));
     }
     let files: pb::FileTable = images::read(&d.files())?;
-    let mut processes = Vec::with_capacity(tree.processes.len());
-    for entry in tree.processes {
+    // Processes are read and their pages checksummed several at a time;
+    // nothing is created before all of them passed.
+    let processes = crate::par::map(&tree.processes, |entry| {
         let images = if entry.zombie {
             None
         } else {
@@ -68,11 +70,14 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
                 pages_path: d.pages(pid),
             };
             images::pages::verify_runs(&images.pages_path, &images.pagemap)?;
-            check_references(&entry, &images, &files).map_err(invalid)?;
+            check_references(entry, &images, &files).map_err(invalid)?;
             Some(images)
         };
-        processes.push(Process { entry, images });
-    }
+        Ok(Process {
+            entry: entry.clone(),
+            images,
+        })
+    })?;
     let all_fds: Vec<pb::Fd> = processes
         .iter()
         .filter_map(|p| p.images.as_ref())
