@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::infect::parasite::Parasite;
 use crate::objects::files::{self, FileTableBuilder};
 use crate::objects::inet_socket;
+use crate::objects::objdata;
 use crate::objects::{
     fs_context, locks, memory, mm_fields, pid_ns, pstree, rlimits, signals, thread, timers,
 };
@@ -123,7 +124,7 @@ fn write_tree(
         })?;
     let pids: Vec<i32> = live.iter().map(|(s, _)| s.pid()).collect();
     locks::check_all_seen(&pids)?;
-    let mut file_table = FileTableBuilder::default();
+    let mut file_table = FileTableBuilder::new(objdata::Writer::create(&dir.objdata())?);
     if opts.tcp_established {
         file_table.repair_tcp();
     }
