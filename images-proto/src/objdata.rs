@@ -5,16 +5,20 @@
 //! this file. Runs start page-aligned and carry an xxh3-64 checksum, as page runs do.
 
 use crate::error::ImageError;
-use crate::pages::{checksum, first_bad, open_checked};
+use crate::pages::{first_bad, open_checked};
 use crate::pages::{PAGES_HEADER_SIZE, PAGE_SIZE};
 use crate::pb;
-use memmap2::Mmap;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use xxhash_rust::xxh3::Xxh3;
 
 pub use crate::pages::pages_header as objdata_header;
 
-/// A checksum fed a run in pieces; its digest equals [`checksum`] of the whole run.
+/// Bytes [`verify`] reads at a time.
+const HASH_CHUNK: u64 = 4 << 20;
+
+/// A checksum fed a run in pieces; its digest equals [`crate::pages::checksum`] of the
+/// whole run.
 pub fn run_hasher() -> Xxh3 {
     Xxh3::new()
 }
@@ -33,10 +37,6 @@ pub fn verify(path: &Path, objects: &[(u64, &[pb::DataRun])]) -> Result<(), Imag
     if runs.is_empty() {
         return Ok(());
     }
-    let io = |source| ImageError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let (file, file_len) = open_checked(path)?;
     let bad = |run: &pb::DataRun, problem: String| ImageError::DataRun {
         path: path.to_path_buf(),
@@ -71,13 +71,22 @@ pub fn verify(path: &Path, objects: &[(u64, &[pb::DataRun])]) -> Result<(), Imag
             }
         }
     }
-    // SAFETY: a read-only mapping private to this function; see pages::verify_runs for
-    // why a checkpoint file rcr owns can be hashed this way.
-    let data = unsafe { Mmap::map(&file) }.map_err(io)?;
+    // Read in chunks rather than mapped: hashing a large object then costs
+    // rcr a buffer per thread, not the object's size in resident memory.
     let is_bad = |i: usize| {
         let run = runs[i];
-        let start = run.file_offset as usize;
-        checksum(&data[start..start + run.len as usize]) != run.checksum
+        let mut buf = vec![0u8; run.len.min(HASH_CHUNK) as usize];
+        let mut hasher = run_hasher();
+        let mut done = 0;
+        while done < run.len {
+            let chunk = &mut buf[..(run.len - done).min(HASH_CHUNK) as usize];
+            if file.read_exact_at(chunk, run.file_offset + done).is_err() {
+                return true;
+            }
+            hasher.update(chunk);
+            done += chunk.len() as u64;
+        }
+        hasher.digest() != run.checksum
     };
     match first_bad(runs.len(), is_bad) {
         Some(i) => Err(bad(runs[i], "checksum mismatch (file is corrupt)".into())),
@@ -88,7 +97,7 @@ pub fn verify(path: &Path, objects: &[(u64, &[pb::DataRun])]) -> Result<(), Imag
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::FileExt;
+    use crate::pages::checksum;
 
     fn file_with(runs: &[&[u8]]) -> (tempfile::TempDir, std::path::PathBuf, Vec<pb::DataRun>) {
         let dir = tempfile::tempdir().unwrap();
