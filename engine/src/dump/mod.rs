@@ -155,13 +155,14 @@ fn write_tree(
     let (ttys, caller_fg) = file_table.resolve_ttys(&entries, caller.as_ref(), opts.shell_job)?;
     file_table.check_unix_sockets()?;
     let repaired = file_table.take_repaired();
+    let mut data = file_table.take_data();
     let mut table = file_table.finish();
     table.posix_shm = crate::objects::posix_shm::dump(opts.pid, &table)?;
     table.ttys = ttys;
     table.caller_tty_foreground = caller_fg;
     images::write(&dir.files(), &table)?;
     images::write(&dir.pstree(), &pb::ProcessTree { processes: entries })?;
-    let ipc = crate::objects::sysv::dump(&pids)?;
+    let ipc = crate::objects::sysv::dump(&pids, &mut data)?;
     let mut inv = inventory(opts.pid, opts);
     inv.sysv = Some(ipc.clone());
     if !opts.leave_running {

@@ -368,6 +368,12 @@ impl FileTableBuilder {
         Ok((pairs, foreground))
     }
 
+    /// The object data file, for objects saved after the table (SysV
+    /// segments); none of this builder's methods may save data after it.
+    pub fn take_data(&mut self) -> objdata::Writer {
+        self.data.take().expect("taken once")
+    }
+
     /// The finished table.
     pub fn finish(self) -> pb::FileTable {
         pb::FileTable {

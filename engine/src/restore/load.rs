@@ -82,7 +82,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         .collect();
     files::check_table(&files, &all_fds).map_err(invalid)?;
     let objdata = d.objdata();
-    images::objdata::verify(&objdata, &data_objects(&files))?;
+    images::objdata::verify(&objdata, &data_objects(&files, &inventory))?;
     Ok(Checkpoint {
         inventory,
         processes,
@@ -92,11 +92,16 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
 }
 
 /// The size and data runs of every object whose content is in objdata.img.
-fn data_objects(files: &pb::FileTable) -> Vec<(u64, &[pb::DataRun])> {
+fn data_objects<'a>(
+    files: &'a pb::FileTable,
+    inventory: &'a pb::Inventory,
+) -> Vec<(u64, &'a [pb::DataRun])> {
     let shmem = files.shmem.iter().map(|s| (s.size, &s.runs[..]));
     let memfds = files.memfds.iter().map(|m| (m.size, &m.runs[..]));
     let deleted = files.deleted.iter().map(|d| (d.size, &d.runs[..]));
-    shmem.chain(memfds).chain(deleted).collect()
+    let sysv = inventory.sysv.iter().flat_map(|s| &s.shm);
+    let sysv = sysv.map(|s| (s.size, &s.runs[..]));
+    shmem.chain(memfds).chain(deleted).chain(sysv).collect()
 }
 
 fn check_references(

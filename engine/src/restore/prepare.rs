@@ -82,7 +82,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         Ok((id, shmem::restore(size, saved, &c.objdata)?))
     })
     .collect::<Result<BTreeMap<u64, OwnedFd>>>()?;
-    let sysv = sysv::restore(&c.inventory.sysv.clone().unwrap_or_default())?;
+    let sysv = sysv::restore(&c.inventory.sysv.clone().unwrap_or_default(), &c.objdata)?;
     let mut made = files::MadeFiles::new(&c.files, &c.objdata);
 
     let opened = c
