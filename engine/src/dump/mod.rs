@@ -157,7 +157,7 @@ fn write_tree(
     let repaired = file_table.take_repaired();
     let mut data = file_table.take_data();
     let mut table = file_table.finish();
-    table.posix_shm = crate::objects::posix_shm::dump(opts.pid, &table)?;
+    table.posix_shm = crate::objects::posix_shm::dump(opts.pid, &table, &mut data)?;
     table.ttys = ttys;
     table.caller_tty_foreground = caller_fg;
     images::write(&dir.files(), &table)?;

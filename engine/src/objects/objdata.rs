@@ -95,6 +95,50 @@ pub fn fill(data: &Path, runs: &[pb::DataRun], dst: &File, what: &str) -> Result
     Ok(())
 }
 
+/// Restore side: whether `other` (named `what` in errors) holds exactly the
+/// `size` bytes that `runs` (in order, from `data`) and zeros between them
+/// make. Compared in chunks.
+pub fn matches(
+    data: &Path,
+    runs: &[pb::DataRun],
+    size: u64,
+    other: &File,
+    what: &str,
+) -> Result<bool> {
+    let err = |e| Error::io(what, e);
+    if other.metadata().map_err(err)?.len() != size {
+        return Ok(false);
+    }
+    let src = File::open(data).map_err(|e| Error::io(data, e))?;
+    let chunk = size.min(CHUNK) as usize;
+    let (mut want, mut have) = (vec![0u8; chunk], vec![0u8; chunk]);
+    let mut runs = runs.iter().peekable();
+    let mut pos = 0;
+    while pos < size {
+        while runs.next_if(|r| r.offset + r.len <= pos).is_some() {}
+        let (n, from) = match runs.peek() {
+            Some(r) if r.offset <= pos => {
+                (r.offset + r.len - pos, Some(r.file_offset + pos - r.offset))
+            }
+            Some(r) => (r.offset - pos, None),
+            None => (size - pos, None),
+        };
+        let n = n.min(chunk as u64) as usize;
+        match from {
+            Some(at) => src
+                .read_exact_at(&mut want[..n], at)
+                .map_err(|e| Error::io(data, e))?,
+            None => want[..n].fill(0),
+        }
+        other.read_exact_at(&mut have[..n], pos).map_err(err)?;
+        if want[..n] != have[..n] {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
+}
+
 /// Copies `len` bytes from `from` to `to` (each a file, its name for
 /// errors and an offset) through `buf`, showing each chunk to `seen`.
 fn copy(
@@ -196,5 +240,13 @@ mod tests {
         let mut back = vec![0u8; big.len()];
         src.read_exact_at(&mut back, 1 << 24).unwrap();
         assert!(back == big);
+        assert!(matches(&out.0, &runs, size, &src, "back").unwrap());
+        src.write_all_at(&[1], 5).unwrap();
+        assert!(!matches(&out.0, &runs, size, &src, "hole written").unwrap());
+        src.write_all_at(&[0], 5).unwrap();
+        src.write_all_at(&[0xff], size - 1).unwrap();
+        assert!(!matches(&out.0, &runs, size, &src, "data changed").unwrap());
+        src.set_len(size + 1).unwrap();
+        assert!(!matches(&out.0, &runs, size, &src, "longer").unwrap());
     }
 }

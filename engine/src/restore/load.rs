@@ -99,9 +99,11 @@ fn data_objects<'a>(
     let shmem = files.shmem.iter().map(|s| (s.size, &s.runs[..]));
     let memfds = files.memfds.iter().map(|m| (m.size, &m.runs[..]));
     let deleted = files.deleted.iter().map(|d| (d.size, &d.runs[..]));
+    let posix = files.posix_shm.iter().map(|p| (p.size, &p.runs[..]));
     let sysv = inventory.sysv.iter().flat_map(|s| &s.shm);
     let sysv = sysv.map(|s| (s.size, &s.runs[..]));
-    shmem.chain(memfds).chain(deleted).chain(sysv).collect()
+    let objects = shmem.chain(memfds).chain(deleted).chain(posix);
+    objects.chain(sysv).collect()
 }
 
 fn check_references(

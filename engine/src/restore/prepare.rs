@@ -69,7 +69,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         .max()
         .unwrap_or(-1);
     let mut held: Vec<OwnedFd> = Vec::new();
-    posix_shm::restore(&c.files.posix_shm)?;
+    posix_shm::restore(&c.files.posix_shm, &c.objdata)?;
     let shmem_objects = shmem::sizes(
         c.processes
             .iter()
