@@ -54,6 +54,11 @@ impl ImageDir {
         self.path.join("files.img")
     }
 
+    /// `objdata.img`: the content of shared memory, memfds and deleted files.
+    pub fn objdata(&self) -> PathBuf {
+        self.path.join("objdata.img")
+    }
+
     /// `fs-<pid>.img`.
     pub fn fs(&self, pid: i32) -> PathBuf {
         self.per_task("fs", pid)
@@ -79,6 +84,7 @@ mod tests {
         assert_eq!(d.pagemap(42), Path::new("/ck/pagemap-42.img"));
         assert_eq!(d.pages(42), Path::new("/ck/pages-42.img"));
         assert_eq!(d.files(), Path::new("/ck/files.img"));
+        assert_eq!(d.objdata(), Path::new("/ck/objdata.img"));
         assert_eq!(d.fs(7), Path::new("/ck/fs-7.img"));
     }
 }

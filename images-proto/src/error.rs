@@ -110,6 +110,16 @@ pub enum ImageError {
         /// What is wrong with it.
         problem: RunProblem,
     },
+    /// One run of an object's data in `objdata.img` is unusable.
+    #[error("image {}: data run at file offset {file_offset:#x}: {problem}", path.display())]
+    DataRun {
+        /// The object data file.
+        path: PathBuf,
+        /// The run's offset in the file.
+        file_offset: u64,
+        /// What is wrong with it.
+        problem: String,
+    },
 }
 
 /// What is wrong with one run of a page map.

@@ -7,6 +7,7 @@ pub mod dir;
 pub mod error;
 pub mod json;
 pub mod kind;
+pub mod objdata;
 pub mod pages;
 
 /// Types generated from `proto/rcr.proto` (package `rcr.images`).

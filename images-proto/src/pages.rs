@@ -117,11 +117,7 @@ pub fn verify_runs(path: &Path, map: &pb::PageMap) -> Result<(), ImageError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io)?;
-    let file_len = file.metadata().map_err(io)?.len();
-    let mut header = [0u8; PAGES_HEADER_SIZE as usize];
-    let header_len = read_up_to(&file, &mut header).map_err(io)?;
-    check_pages_header(path, &header[..header_len])?;
+    let (file, file_len) = open_checked(path)?;
     if map.pages_file_size != 0 && map.pages_file_size != file_len {
         return Err(ImageError::PagesSize {
             path: path.to_path_buf(),
@@ -150,13 +146,28 @@ pub fn verify_runs(path: &Path, map: &pb::PageMap) -> Result<(), ImageError> {
     }
 }
 
+/// Opens a file laid out like a pages file and checks its header; returns it and its
+/// length.
+pub(crate) fn open_checked(path: &Path) -> Result<(File, u64), ImageError> {
+    let io = |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut header = [0u8; PAGES_HEADER_SIZE as usize];
+    let header_len = read_up_to(&file, &mut header).map_err(io)?;
+    check_pages_header(path, &header[..header_len])?;
+    Ok((file, file_len))
+}
+
 /// Most threads [`verify_runs`] hashes on.
 pub const MAX_HASH_THREADS: usize = 8;
 
 /// Index of the first run (in map order) whose bytes in `data` do not match its
 /// checksum. Runs must have passed [`check_run_layout`] against `data.len()`.
 fn first_bad_run(data: &[u8], runs: &[pb::PageRun]) -> Option<usize> {
-    let is_bad = |i: usize| {
+    first_bad(runs.len(), |i| {
         let run = &runs[i];
         if run.inherited {
             return false;
@@ -164,13 +175,18 @@ fn first_bad_run(data: &[u8], runs: &[pb::PageRun]) -> Option<usize> {
         let start = run.offset as usize;
         let end = start + (run.nr_pages * PAGE_SIZE) as usize;
         checksum(&data[start..end]) != run.checksum
-    };
+    })
+}
+
+/// The lowest index below `n` for which `is_bad` holds, tried on up to
+/// [`MAX_HASH_THREADS`] threads.
+pub(crate) fn first_bad(n: usize, is_bad: impl Fn(usize) -> bool + Sync) -> Option<usize> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_HASH_THREADS)
-        .min(runs.len());
+        .min(n);
     if threads <= 1 {
-        return (0..runs.len()).find(|&i| is_bad(i));
+        return (0..n).find(|&i| is_bad(i));
     }
     // Workers take runs one at a time, so a few large runs still spread out.
     let next = AtomicUsize::new(0);
@@ -178,7 +194,7 @@ fn first_bad_run(data: &[u8], runs: &[pb::PageRun]) -> Option<usize> {
         let mut first_bad = None;
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= runs.len() {
+            if i >= n {
                 return first_bad;
             }
             if first_bad.is_none() && is_bad(i) {

@@ -107,11 +107,11 @@ fn newer_version_is_reported_before_the_checksum() {
     let err = decode::<pb::Core>(&bytes).unwrap_err();
     assert!(matches!(
         err,
-        ImageError::NewerVersion { found, supported, .. } if found == 2 && supported == 1
+        ImageError::NewerVersion { found, supported, .. } if found == 3 && supported == 2
     ));
     assert_eq!(
         err.to_string(),
-        "image <memory>: format version 2 is newer than this rcr supports (1)"
+        "image <memory>: format version 3 is newer than this rcr supports (2)"
     );
 }
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const IDLE: &str = env!("CARGO_BIN_EXE_wl_idle");
+const SHMAP: &str = env!("CARGO_BIN_EXE_wl_shmap");
 const FANOTIFY: &str = env!("CARGO_BIN_EXE_wl_fanotify");
 /// The fd wl_fanotify keeps its fanotify group at.
 const FANOTIFY_FD: i32 = 9;
@@ -190,8 +191,18 @@ fn restore_from_a_missing_dir_fails() {
 /// the restore to be refused with `keyword` before any process exists;
 /// then the pristine copy restores, so the refusal was about the fault.
 fn corrupted_image_is_refused(name: &str, keyword: &str, corrupt: impl FnOnce(&Path, i32)) {
+    corrupted_image_of_is_refused((IDLE, &[]), name, keyword, corrupt);
+}
+
+/// [`corrupted_image_is_refused`] for workload `wl` with its parameters.
+fn corrupted_image_of_is_refused(
+    (wl, params): (&str, &[&str]),
+    name: &str,
+    keyword: &str,
+    corrupt: impl FnOnce(&Path, i32),
+) {
     let dir = TestDir::new(name);
-    let mut w = Workload::spawn(&dir, Path::new(IDLE), &[], &[]);
+    let mut w = Workload::spawn(&dir, Path::new(wl), &[], params);
     w.wait_ready();
     let img = dir.join("img");
     dump(&dir, &mut w, &img, &[]);
@@ -239,17 +250,29 @@ fn flipped_byte_in_pages_is_refused() {
             len > 4096,
             "pages image has no data past its header ({len} bytes)"
         );
-        let at = 4096 + (len - 4096) / 2;
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&p)
-            .expect("open pages image");
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, at).expect("read pages byte");
-        b[0] ^= 0xff;
-        f.write_all_at(&b, at).expect("write pages byte");
+        flip_byte(&p, 4096 + (len - 4096) / 2);
     });
+}
+
+#[test]
+fn flipped_byte_in_shared_memory_data_is_refused() {
+    corrupted_image_of_is_refused((SHMAP, &["anon"]), "bad-objdata", "checksum", |img, _| {
+        let p = image_file(img, "objdata.img");
+        // The first run starts right after the header page.
+        flip_byte(&p, 4096);
+    });
+}
+
+fn flip_byte(p: &Path, at: u64) {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .expect("open image");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read image byte");
+    b[0] ^= 0xff;
+    f.write_all_at(&b, at).expect("write image byte");
 }
 
 #[test]

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::infect::parasite::Parasite;
 use crate::objects::files::{self, FileTableBuilder};
 use crate::objects::inet_socket;
+use crate::objects::objdata;
 use crate::objects::{
     fs_context, locks, memory, mm_fields, pid_ns, pstree, rlimits, signals, thread, timers,
 };
@@ -123,7 +124,7 @@ fn write_tree(
         })?;
     let pids: Vec<i32> = live.iter().map(|(s, _)| s.pid()).collect();
     locks::check_all_seen(&pids)?;
-    let mut file_table = FileTableBuilder::default();
+    let mut file_table = FileTableBuilder::new(objdata::Writer::create(&dir.objdata())?);
     if opts.tcp_established {
         file_table.repair_tcp(&pids)?;
     }
@@ -162,13 +163,14 @@ fn write_tree(
     let (ttys, caller_fg) = file_table.resolve_ttys(&entries, caller.as_ref(), opts.shell_job)?;
     file_table.check_unix_sockets()?;
     let repaired = file_table.take_repaired();
+    let mut data = file_table.take_data();
     let mut table = file_table.finish();
-    table.posix_shm = crate::objects::posix_shm::dump(opts.pid, &table)?;
+    table.posix_shm = crate::objects::posix_shm::dump(opts.pid, &table, &mut data)?;
     table.ttys = ttys;
     table.caller_tty_foreground = caller_fg;
     images::write(&dir.files(), &table)?;
     images::write(&dir.pstree(), &pb::ProcessTree { processes: entries })?;
-    let ipc = crate::objects::sysv::dump(&pids)?;
+    let ipc = crate::objects::sysv::dump(&pids, &mut data)?;
     let mut inv = inventory(opts.pid, opts);
     inv.sysv = Some(ipc.clone());
     if !opts.leave_running {

@@ -5,56 +5,50 @@
 //! it, so the task again holds a deleted file with that content.
 
 use super::files::{open_task_fd, owned};
+use super::objdata;
 use crate::error::{Error, Result};
 use rcr_images::pb;
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// The largest deleted file whose content rcr keeps in `files.img`.
-const MAX_SIZE: u64 = 64 << 20;
-
-/// Reads deleted file `id` through `pid`'s fd `fd`.
-pub fn dump_deleted(pid: i32, fd: i32, id: u32, path: &Path) -> Result<pb::DeletedFile> {
+/// Reads deleted file `id` through `pid`'s fd `fd`, its content into `data`.
+pub fn dump_deleted(
+    pid: i32,
+    fd: i32,
+    id: u32,
+    path: &Path,
+    data: &mut objdata::Writer,
+) -> Result<pb::DeletedFile> {
     let file = File::from(open_task_fd(pid, fd, libc::O_RDONLY)?);
-    read_deleted(pid, &file, &format!("/proc/{pid}/fd/{fd}"), id, path)
+    read_deleted(&file, &format!("/proc/{pid}/fd/{fd}"), id, path, data)
 }
 
 /// Reads deleted file `id`, last at `path`, through rcr's descriptor
-/// `file` of it, opened as `proc_path` (a task's fd or mapping).
+/// `file` of it, opened as `proc_path` (a task's fd or mapping); the
+/// content goes to `data`.
 pub fn read_deleted(
-    pid: i32,
     file: &File,
     proc_path: &str,
     id: u32,
     path: &Path,
+    data: &mut objdata::Writer,
 ) -> Result<pb::DeletedFile> {
     let meta = file.metadata().map_err(|e| Error::io(proc_path, e))?;
-    if meta.len() > MAX_SIZE {
-        return Err(Error::Unsupported {
-            pid,
-            what: format!(
-                "{proc_path}: a deleted file of {} bytes (more than {MAX_SIZE})",
-                meta.len()
-            ),
-        });
-    }
-    let mut data = vec![0u8; meta.len() as usize];
-    file.read_exact_at(&mut data, 0)
-        .map_err(|e| Error::io(proc_path, e))?;
     Ok(pb::DeletedFile {
         id,
         path: path.to_string_lossy().into_owned(),
         mode: meta.mode() & 0o7777,
-        data,
+        size: meta.len(),
+        runs: data.save(file, proc_path, meta.len())?,
     })
 }
 
-/// Creates the file with its content and unlinks it; the descriptor is
-/// open for reading and writing.
-pub fn make_deleted(d: &pb::DeletedFile) -> Result<OwnedFd> {
+/// Creates the file with its content (from the object data file `data`)
+/// and unlinks it; the descriptor is open for reading and writing.
+pub fn make_deleted(d: &pb::DeletedFile, data: &Path) -> Result<OwnedFd> {
     let path = Path::new(&d.path);
     let created = [path.to_path_buf()]
         .into_iter()
@@ -72,8 +66,8 @@ pub fn make_deleted(d: &pb::DeletedFile) -> Result<OwnedFd> {
     };
     std::fs::remove_file(&at).map_err(|e| Error::io(&at, e))?;
     let file = File::from(fd);
-    file.write_all_at(&d.data, 0)
-        .map_err(|e| Error::io(&d.path, e))?;
+    file.set_len(d.size).map_err(|e| Error::io(&d.path, e))?;
+    objdata::fill(data, &d.runs, &file, &d.path)?;
     Ok(file.into())
 }
 

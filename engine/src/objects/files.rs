@@ -9,8 +9,8 @@
 //! installs it at every number, and offset and flags keep moving together.
 
 use super::{
-    deleted, epoll, eventfd, inet_socket, inotify, memfd, pipe, shmem, signalfd, timerfd, tty,
-    unix_socket,
+    deleted, epoll, eventfd, inet_socket, inotify, memfd, objdata, pipe, shmem, signalfd, timerfd,
+    tty, unix_socket,
 };
 use crate::error::{Error, Result};
 use crate::proc::fdinfo::{self, FdTarget};
@@ -50,9 +50,10 @@ pub struct FileTableBuilder {
     /// Epoll registrations to find among every process's files: (pid, fd,
     /// (dev, ino) of the epoll, the registration).
     foreign: Vec<(i32, i32, (u64, u64), epoll::Foreign)>,
-    /// Shared anonymous memory objects, by shmem id, and their bytes in all.
+    /// Shared anonymous memory objects, by shmem id.
     shmem: BTreeMap<u64, pb::ShmemObject>,
-    shmem_bytes: u64,
+    /// Where the content of shared memory, memfds and deleted files goes.
+    data: Option<objdata::Writer>,
     ttys: tty::Collected,
 }
 
@@ -93,12 +94,15 @@ impl<T> Inodes<T> {
     }
 }
 
+/// How [`Made`] makes an object from its saved state.
+type Make<'a, T> = dyn Fn(&T) -> Result<OwnedFd> + 'a;
+
 /// The shared objects of a restore (pipes, memfds), each made once on first
 /// use and kept open while the descriptors that refer to it are opened.
 pub(crate) struct Made<'a, T> {
     saved: &'a [T],
     id_of: fn(&T) -> u32,
-    make: fn(&T) -> Result<OwnedFd>,
+    make: Box<Make<'a, T>>,
     made: HashMap<u32, OwnedFd>,
 }
 
@@ -106,12 +110,12 @@ impl<'a, T> Made<'a, T> {
     pub(crate) fn new(
         saved: &'a [T],
         id_of: fn(&T) -> u32,
-        make: fn(&T) -> Result<OwnedFd>,
+        make: impl Fn(&T) -> Result<OwnedFd> + 'a,
     ) -> Self {
         Made {
             saved,
             id_of,
-            make,
+            make: Box::new(make),
             made: HashMap::new(),
         }
     }
@@ -136,11 +140,12 @@ pub struct MadeFiles<'a> {
 }
 
 impl<'a> MadeFiles<'a> {
-    pub fn new(table: &'a pb::FileTable) -> Self {
+    /// `data`: the checkpoint's object data file.
+    pub fn new(table: &'a pb::FileTable, data: &'a Path) -> Self {
         MadeFiles {
             table,
-            memfds: Made::new(&table.memfds, |m| m.id, memfd::make_memfd),
-            deleted: Made::new(&table.deleted, |d| d.id, deleted::make_deleted),
+            memfds: Made::new(&table.memfds, |m| m.id, |m| memfd::make_memfd(m, data)),
+            deleted: Made::new(&table.deleted, |d| d.id, |d| deleted::make_deleted(d, data)),
         }
     }
 
@@ -174,6 +179,14 @@ pub fn mappable(table: &pb::FileTable, id: u32) -> bool {
 }
 
 impl FileTableBuilder {
+    /// A builder that saves object content to `data`.
+    pub fn new(data: objdata::Writer) -> Self {
+        FileTableBuilder {
+            data: Some(data),
+            ..Self::default()
+        }
+    }
+
     /// The id of a file that a VMA maps, opened read-write when the mapping
     /// may write to it.
     pub fn mapped_file(&mut self, pid: i32, path: &Path, writable: bool) -> Result<u32> {
@@ -223,7 +236,7 @@ impl FileTableBuilder {
         let kind = match memfd::name_of(path) {
             Some(name) => {
                 let memfd_id = self.memfds.id(&meta, |id| {
-                    memfd::read_memfd(pid, &file, &proc_path, id, name)
+                    memfd::read_memfd(pid, &file, &proc_path, id, name, writer(&mut self.data))
                 })?;
                 let seals = self.memfds.saved[memfd_id as usize - 1].seals as i32;
                 if writable && seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) != 0 {
@@ -243,7 +256,8 @@ impl FileTableBuilder {
             }
             None if meta.file_type().is_file() => Kind::Deleted(pb::DeletedOpen {
                 deleted_id: self.deleted.id(&meta, |id| {
-                    deleted::read_deleted(pid, &file, &proc_path, id, Path::new(path))
+                    let data = writer(&mut self.data);
+                    deleted::read_deleted(&file, &proc_path, id, Path::new(path), data)
                 })?,
                 flags,
                 pos: 0,
@@ -269,18 +283,7 @@ impl FileTableBuilder {
         if self.shmem.contains_key(&id) {
             return Ok(());
         }
-        let saved = shmem::dump(pid, start, end, id)?;
-        self.shmem_bytes += saved.data.iter().map(|d| d.data.len() as u64).sum::<u64>();
-        if self.shmem_bytes > shmem::MAX_TOTAL {
-            return Err(Error::Unsupported {
-                pid,
-                what: format!(
-                    "the shared memory mapped at {start:#x}: more than {} bytes of shared \
-                     anonymous memory in the tree",
-                    shmem::MAX_TOTAL
-                ),
-            });
-        }
+        let saved = shmem::dump(pid, start, end, id, writer(&mut self.data))?;
         self.shmem.insert(id, saved);
         Ok(())
     }
@@ -367,6 +370,12 @@ impl FileTableBuilder {
             false => 0,
         };
         Ok((pairs, foreground))
+    }
+
+    /// The object data file, for objects saved after the table (SysV
+    /// segments); none of this builder's methods may save data after it.
+    pub fn take_data(&mut self) -> objdata::Writer {
+        self.data.take().expect("taken once")
     }
 
     /// The finished table.
@@ -612,6 +621,12 @@ pub fn dump_fds(
     Ok(out)
 }
 
+/// The object data file of a builder made by [`FileTableBuilder::new`].
+fn writer(data: &mut Option<objdata::Writer>) -> &mut objdata::Writer {
+    data.as_mut()
+        .expect("FileTableBuilder::new gives every dump its object data file")
+}
+
 /// Stores one open file description, by kind.
 fn dump_object(pid: i32, f: &OpenFd, files: &mut FileTableBuilder) -> Result<Kind> {
     let flags = f.info.flags & !(libc::O_CLOEXEC as u32);
@@ -636,9 +651,10 @@ fn dump_object(pid: i32, f: &OpenFd, files: &mut FileTableBuilder) -> Result<Kin
         }
         Object::Inotify => Kind::Inotify(inotify::dump_inotify(pid, f.fd, &f.info, flags)?),
         Object::MemFd(name) => {
+            let data = writer(&mut files.data);
             let memfd_id = files
                 .memfds
-                .id(&f.meta, |id| memfd::dump_memfd(pid, f.fd, id, name))?;
+                .id(&f.meta, |id| memfd::dump_memfd(pid, f.fd, id, name, data))?;
             Kind::Memfd(pb::MemFdFile {
                 memfd_id,
                 flags,
@@ -646,9 +662,10 @@ fn dump_object(pid: i32, f: &OpenFd, files: &mut FileTableBuilder) -> Result<Kin
             })
         }
         Object::Deleted(path) => {
-            let deleted_id = files
-                .deleted
-                .id(&f.meta, |id| deleted::dump_deleted(pid, f.fd, id, path))?;
+            let data = writer(&mut files.data);
+            let deleted_id = files.deleted.id(&f.meta, |id| {
+                deleted::dump_deleted(pid, f.fd, id, path, data)
+            })?;
             Kind::Deleted(pb::DeletedOpen {
                 deleted_id,
                 flags,

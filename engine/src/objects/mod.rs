@@ -12,6 +12,7 @@ pub mod memfd;
 pub mod memory;
 pub mod mm_fields;
 pub mod netlock;
+pub mod objdata;
 pub mod pid_ns;
 pub mod pipe;
 pub mod posix_shm;

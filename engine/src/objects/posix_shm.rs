@@ -6,10 +6,10 @@
 //! An object of that name that exists with other content is refused: it is
 //! not the one the tree left.
 
+use super::objdata;
 use crate::error::{Error, Result};
 use rcr_images::pb;
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -17,8 +17,13 @@ use std::path::Path;
 const SHM_DIR: &str = "/dev/shm/";
 
 /// Dump side: every object of `/dev/shm` that `table`'s files name, once.
-/// `pid` is the tree's root, named if an object cannot be read.
-pub fn dump(pid: i32, table: &pb::FileTable) -> Result<Vec<pb::PosixShm>> {
+/// `pid` is the tree's root, named if an object cannot be read. The content
+/// goes to `data`.
+pub fn dump(
+    pid: i32,
+    table: &pb::FileTable,
+    data: &mut objdata::Writer,
+) -> Result<Vec<pb::PosixShm>> {
     let paths: BTreeSet<&str> = table
         .files
         .iter()
@@ -36,24 +41,27 @@ pub fn dump(pid: i32, table: &pb::FileTable) -> Result<Vec<pb::PosixShm>> {
                 pid,
                 what: format!("the POSIX shared memory object {path}, which cannot be read ({e})"),
             };
-            let meta = std::fs::metadata(path).map_err(unreadable)?;
+            let file = std::fs::File::open(path).map_err(unreadable)?;
+            let meta = file.metadata().map_err(unreadable)?;
             Ok(pb::PosixShm {
                 path: path.to_string(),
                 mode: meta.mode() & 0o7777,
                 uid: meta.uid(),
                 gid: meta.gid(),
-                content: std::fs::read(path).map_err(unreadable)?,
+                size: meta.len(),
+                runs: data.save(&file, path, meta.len())?,
             })
         })
         .collect()
 }
 
-/// Restore side: makes sure each saved object exists with its content.
-pub fn restore(saved: &[pb::PosixShm]) -> Result<()> {
+/// Restore side: makes sure each saved object exists with its content,
+/// read from the object data file `data`.
+pub fn restore(saved: &[pb::PosixShm], data: &Path) -> Result<()> {
     for o in saved {
         let path = Path::new(&o.path);
-        match std::fs::read(path) {
-            Ok(now) if now == o.content => continue,
+        match std::fs::File::open(path) {
+            Ok(now) if objdata::matches(data, &o.runs, o.size, &now, &o.path)? => continue,
             Ok(_) => {
                 return Err(Error::Preflight(format!(
                     "the POSIX shared memory object {} exists with other content than \
@@ -61,22 +69,23 @@ pub fn restore(saved: &[pb::PosixShm]) -> Result<()> {
                     o.path
                 )))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => recreate(o)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => recreate(o, data)?,
             Err(e) => return Err(Error::io(path, e)),
         }
     }
     Ok(())
 }
 
-fn recreate(o: &pb::PosixShm) -> Result<()> {
+fn recreate(o: &pb::PosixShm, data: &Path) -> Result<()> {
     let err = |e| Error::io(&o.path, e);
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(o.mode)
         .open(&o.path)
         .map_err(err)?;
-    f.write_all(&o.content).map_err(err)?;
+    f.set_len(o.size).map_err(err)?;
+    objdata::fill(data, &o.runs, &f, &o.path)?;
     std::os::unix::fs::fchown(&f, Some(o.uid), Some(o.gid)).map_err(err)?;
     // The umask may have narrowed the mode at creation.
     f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(o.mode))

@@ -9,32 +9,27 @@
 //! per inode in rcr, fills it and hands it to every process that maps it, so
 //! the memory stays shared.
 
+use super::objdata;
 use crate::error::{Error, Result};
 use rcr_images::pb::{self, VmaKind};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
 
-/// The most data of all shared anonymous objects that rcr keeps in
-/// `files.img`.
-pub const MAX_TOTAL: u64 = 1 << 30;
-
-/// Dump side: object `id`, read through `pid`'s mapping of it at `start..end`.
-pub fn dump(pid: i32, start: u64, end: u64, id: u64) -> Result<pb::ShmemObject> {
+/// Dump side: object `id`, read through `pid`'s mapping of it at
+/// `start..end`, its data saved to `data`.
+pub fn dump(
+    pid: i32,
+    start: u64,
+    end: u64,
+    id: u64,
+    data: &mut objdata::Writer,
+) -> Result<pb::ShmemObject> {
     let (file, path) = open_task_mapping(pid, start, end)?;
     let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-    let mut data = Vec::new();
-    for (offset, len) in data_runs(&file, size).map_err(|e| Error::io(&path, e))? {
-        let mut bytes = vec![0u8; len as usize];
-        file.read_exact_at(&mut bytes, offset)
-            .map_err(|e| Error::io(&path, e))?;
-        data.push(pb::ShmemData {
-            offset,
-            data: bytes,
-        });
-    }
-    Ok(pb::ShmemObject { id, size, data })
+    let runs = data.save(&file, &path, size)?;
+    Ok(pb::ShmemObject { id, size, runs })
 }
 
 /// rcr's own read-only descriptor of the object `pid` maps at `start..end`
@@ -45,35 +40,6 @@ pub(crate) fn open_task_mapping(pid: i32, start: u64, end: u64) -> Result<(File,
     File::open(&path)
         .map(|f| (f, path.clone()))
         .map_err(|e| Error::io(path, e))
-}
-
-/// The (offset, length) runs of data in `file` below `size`, found with
-/// SEEK_DATA/SEEK_HOLE: pages never written are holes and left out.
-fn data_runs(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    let seek = |off: u64, whence| {
-        // SAFETY: lseek on our own descriptor.
-        let ret = unsafe { libc::lseek(file.as_raw_fd(), off as i64, whence) };
-        if ret < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(ret as u64)
-        }
-    };
-    let mut runs = Vec::new();
-    let mut off = 0;
-    while off < size {
-        let data = match seek(off, libc::SEEK_DATA) {
-            Ok(d) => d,
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
-            Err(e) => return Err(e),
-        };
-        let hole = seek(data, libc::SEEK_HOLE)?.min(size);
-        if hole > data {
-            runs.push((data, hole - data));
-        }
-        off = hole.max(data + 1);
-    }
-    Ok(runs)
 }
 
 /// Restore side: the size each object needs, by inode: the furthest byte
@@ -91,15 +57,14 @@ pub fn sizes<'a>(vmas: impl Iterator<Item = &'a pb::Vma>) -> BTreeMap<u64, u64> 
 }
 
 /// Restore side: a new shared anonymous object of `size` bytes (or the
-/// saved object's size, if larger) holding the saved data, as a file
-/// descriptor that maps like the original (`/dev/zero (deleted)`).
-pub fn restore(size: u64, saved: Option<&pb::ShmemObject>) -> Result<OwnedFd> {
+/// saved object's size, if larger) holding the saved data, read from the
+/// object data file `data`, as a file descriptor that maps like the
+/// original (`/dev/zero (deleted)`).
+pub fn restore(size: u64, saved: Option<&pb::ShmemObject>, data: &Path) -> Result<OwnedFd> {
     let fd = create(size.max(saved.map_or(0, |s| s.size)))?;
     let file = File::from(fd);
-    for d in saved.iter().flat_map(|s| &s.data) {
-        file.write_all_at(&d.data, d.offset)
-            .map_err(|e| Error::io("shared anonymous memory", e))?;
-    }
+    let runs = saved.map_or(&[][..], |s| &s.runs);
+    objdata::fill(data, runs, &file, "shared anonymous memory")?;
     Ok(file.into())
 }
 
@@ -238,18 +203,22 @@ mod tests {
             *(a as *mut u8).add(0x3ff0) = 3;
         }
         let start = a as u64;
-        let saved = dump(std::process::id() as i32, start, start + len as u64, 7).unwrap();
+        let out = objdata::TestFile::new("shmem");
+        let mut data = objdata::Writer::create(&out.0).unwrap();
+        let pid = std::process::id() as i32;
+        let saved = dump(pid, start, start + len as u64, 7, &mut data).unwrap();
         // SAFETY: unmaps exactly the mapping made above.
         unsafe { libc::munmap(a, len) };
         assert_eq!(saved.size, len as u64);
         let runs: Vec<(u64, usize)> = saved
-            .data
+            .runs
             .iter()
-            .map(|d| (d.offset, d.data.len()))
+            .map(|d| (d.offset, d.len as usize))
             .collect();
         assert_eq!(runs, [(0, 0x1000), (0x3000, 0x1000)]);
-        let file = File::from(restore(0x2000, Some(&saved)).unwrap());
+        let file = File::from(restore(0x2000, Some(&saved), &out.0).unwrap());
         assert_eq!(file.metadata().unwrap().len(), len as u64);
+        use std::os::unix::fs::FileExt;
         let mut byte = [0u8; 1];
         file.read_exact_at(&mut byte, 0x3ff0).unwrap();
         assert_eq!(byte, [3]);

@@ -7,8 +7,9 @@
 //! receiver, a semaphore's last operator. Objects the tree never touched
 //! are not its state and are left alone.
 //!
-//! The dump saves keys, ids, owner, mode and contents (segment bytes,
-//! semaphore values, messages read with `MSG_COPY` without consuming them).
+//! The dump saves keys, ids, owner, mode and contents (segment bytes in
+//! objdata.img, semaphore values, messages read with `MSG_COPY` without
+//! consuming them).
 //! When the dump kills the tree it removes these objects too: they belong to
 //! the checkpoint now. The restore recreates each with its id (writing
 //! `/proc/sys/kernel/{shm,sem,msg}_next_id` first), refuses when an object
@@ -22,11 +23,14 @@
 //! mapped is no IPC object any more, only shared memory, and is saved as
 //! such.
 
+use super::objdata;
 use crate::error::{Error, Result};
 use crate::proc::maps::MapName;
 use rcr_images::pb;
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 
 /// `shm_perm.mode` bit of a segment removed while still attached.
 const SHM_DEST: u32 = 0o1000;
@@ -154,7 +158,8 @@ fn sys_err(kind: Kind, id: i32, what: &str) -> Error {
 
 /// Dump side: the SysV objects of the tree `pids`. Refuses a tree in
 /// another IPC namespace, and segments also attached outside the tree.
-pub fn dump(pids: &[i32]) -> Result<pb::SysvIpc> {
+/// Segment content goes to `data`.
+pub fn dump(pids: &[i32], data: &mut objdata::Writer) -> Result<pb::SysvIpc> {
     let own_ns =
         std::fs::read_link("/proc/self/ns/ipc").map_err(|e| Error::io("/proc/self/ns/ipc", e))?;
     for &pid in pids {
@@ -199,7 +204,7 @@ pub fn dump(pids: &[i32]) -> Result<pb::SysvIpc> {
             continue;
         }
         out.shm.push(pb::SysvShm {
-            content: read_segment(r.perm.id, r.count)?,
+            runs: save_segment(r.perm.id, r.count, data)?,
             size: r.count,
             perm: Some(r.perm),
         });
@@ -251,11 +256,10 @@ fn with_attached<T>(id: i32, flags: i32, f: impl FnOnce(*mut libc::c_void) -> T)
     Ok(out)
 }
 
-fn read_segment(id: i32, size: u64) -> Result<Vec<u8>> {
-    with_attached(id, libc::SHM_RDONLY, |addr| {
-        // SAFETY: the attachment maps `size` readable bytes.
-        unsafe { std::slice::from_raw_parts(addr as *const u8, size as usize) }.to_vec()
-    })
+/// Saves segment `id`'s `size` bytes to `data`, read through its object.
+fn save_segment(id: i32, size: u64, data: &mut objdata::Writer) -> Result<Vec<pb::DataRun>> {
+    let fd = with_attached(id, libc::SHM_RDONLY, |addr| open_mapped(addr as u64, size))??;
+    data.save(&File::from(fd), &format!("SysV segment {id}"), size)
 }
 
 /// Each semaphore's value and the pid of its last operation; `None` for a
@@ -377,8 +381,8 @@ impl Drop for Created {
 }
 
 /// Restore side: recreates every saved object with its id, key, owner,
-/// mode and contents.
-pub fn restore(ipc: &pb::SysvIpc) -> Result<Created> {
+/// mode and contents (read from the object data file `data`).
+pub fn restore(ipc: &pb::SysvIpc, data: &Path) -> Result<Created> {
     let mut created = Created::default();
     for (kind, perm) in all_objects(ipc) {
         if let Some(existing) = read_table(kind)?
@@ -397,31 +401,17 @@ pub fn restore(ipc: &pb::SysvIpc) -> Result<Created> {
     }
     for shm in &ipc.shm {
         let perm = shm.perm.unwrap_or_default();
-        if shm.content.len() as u64 > shm.size {
-            return Err(Error::Preflight(format!(
-                "{} id {}: the image holds more content than its size",
-                Kind::Shm.name(),
-                perm.id
-            )));
-        }
         let id = create(&mut created, Kind::Shm, &perm, |flags| {
             // SAFETY: shmget takes plain integers.
             unsafe { libc::shmget(perm.key, shm.size as usize, flags) }
         })?;
         set_shm_owner(id, &perm)?;
-        let fd = with_attached(id, 0, |addr| {
-            // SAFETY: the attachment maps `size` writable bytes; content is
-            // at most that long (checked above).
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    shm.content.as_ptr(),
-                    addr as *mut u8,
-                    shm.content.len(),
-                )
-            };
+        let file = File::from(with_attached(id, 0, |addr| {
             open_mapped(addr as u64, shm.size)
-        })??;
-        created.segments.insert(id, fd);
+        })??);
+        // Runs lie inside the segment: checked at load.
+        objdata::fill(data, &shm.runs, &file, &format!("SysV segment {id}"))?;
+        created.segments.insert(id, file.into());
     }
     for sem in &ipc.sem {
         let perm = sem.perm.unwrap_or_default();

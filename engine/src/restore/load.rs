@@ -14,6 +14,8 @@ pub struct Checkpoint {
     /// The tree, root first, parents before children.
     pub processes: Vec<Process>,
     pub files: pb::FileTable,
+    /// `objdata.img`, its runs checked.
+    pub objdata: PathBuf,
 }
 
 /// One process: its ids, and its images unless it is a zombie.
@@ -84,11 +86,29 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         .flat_map(|i| i.fs.fds.iter().cloned())
         .collect();
     files::check_table(&files, &all_fds).map_err(invalid)?;
+    let objdata = d.objdata();
+    images::objdata::verify(&objdata, &data_objects(&files, &inventory))?;
     Ok(Checkpoint {
         inventory,
         processes,
         files,
+        objdata,
     })
+}
+
+/// The size and data runs of every object whose content is in objdata.img.
+fn data_objects<'a>(
+    files: &'a pb::FileTable,
+    inventory: &'a pb::Inventory,
+) -> Vec<(u64, &'a [pb::DataRun])> {
+    let shmem = files.shmem.iter().map(|s| (s.size, &s.runs[..]));
+    let memfds = files.memfds.iter().map(|m| (m.size, &m.runs[..]));
+    let deleted = files.deleted.iter().map(|d| (d.size, &d.runs[..]));
+    let posix = files.posix_shm.iter().map(|p| (p.size, &p.runs[..]));
+    let sysv = inventory.sysv.iter().flat_map(|s| &s.shm);
+    let sysv = sysv.map(|s| (s.size, &s.runs[..]));
+    let objects = shmem.chain(memfds).chain(deleted).chain(posix);
+    objects.chain(sysv).collect()
 }
 
 fn check_references(

@@ -69,7 +69,7 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
         .max()
         .unwrap_or(-1);
     let mut held: Vec<OwnedFd> = Vec::new();
-    posix_shm::restore(&c.files.posix_shm)?;
+    posix_shm::restore(&c.files.posix_shm, &c.objdata)?;
     let shmem_objects = shmem::sizes(
         c.processes
             .iter()
@@ -79,11 +79,11 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
     .into_iter()
     .map(|(id, size)| {
         let saved = c.files.shmem.iter().find(|s| s.id == id);
-        Ok((id, shmem::restore(size, saved)?))
+        Ok((id, shmem::restore(size, saved, &c.objdata)?))
     })
     .collect::<Result<BTreeMap<u64, OwnedFd>>>()?;
-    let sysv = sysv::restore(&c.inventory.sysv.clone().unwrap_or_default())?;
-    let mut made = files::MadeFiles::new(&c.files);
+    let sysv = sysv::restore(&c.inventory.sysv.clone().unwrap_or_default(), &c.objdata)?;
+    let mut made = files::MadeFiles::new(&c.files, &c.objdata);
 
     let opened = c
         .processes

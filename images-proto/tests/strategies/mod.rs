@@ -427,13 +427,19 @@ fn sysv_ipc() -> impl Strategy<Value = pb::SysvIpc> {
             gid,
             mode,
         });
+    let run = (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(offset, len, file_offset, checksum)| pb::DataRun {
+            offset,
+            len,
+            file_offset,
+            checksum,
+        },
+    );
     let shm =
-        (perm.clone(), any::<u64>(), vec(any::<u8>(), 0..64)).prop_map(|(perm, size, content)| {
-            pb::SysvShm {
-                perm: Some(perm),
-                size,
-                content,
-            }
+        (perm.clone(), any::<u64>(), vec(run, 0..4)).prop_map(|(perm, size, runs)| pb::SysvShm {
+            perm: Some(perm),
+            size,
+            runs,
         });
     let sem = (perm.clone(), vec(any::<u32>(), 0..8)).prop_map(|(perm, values)| pb::SysvSem {
         perm: Some(perm),
