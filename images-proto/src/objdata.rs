@@ -14,12 +14,15 @@ use xxhash_rust::xxh3::Xxh3;
 
 pub use crate::pages::pages_header as objdata_header;
 
+/// What hashes a run (xxh3-64, as for page runs).
+pub type RunHasher = Xxh3;
+
 /// Bytes [`verify`] reads at a time.
 const HASH_CHUNK: u64 = 4 << 20;
 
 /// A checksum fed a run in pieces; its digest equals [`crate::pages::checksum`] of the
 /// whole run.
-pub fn run_hasher() -> Xxh3 {
+pub fn run_hasher() -> RunHasher {
     Xxh3::new()
 }
 

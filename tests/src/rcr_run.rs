@@ -134,8 +134,15 @@ pub fn wait_ready(dir: &TestDir) {
 /// Waits until `rcr run`'s log (`DIR/run.log`, which the program started
 /// by [`Run::start`] writes to as well) holds `text`.
 pub fn wait_for_log(dir: &TestDir, text: &str) {
+    wait_for_log_times(dir, text, 1);
+}
+
+/// Waits until `text` stands `times` times in the log of `rcr run`.
+pub fn wait_for_log_times(dir: &TestDir, text: &str, times: usize) {
     let deadline = Instant::now() + TIMEOUT;
-    while !std::fs::read_to_string(dir.join("run.log")).is_ok_and(|s| s.contains(text)) {
+    while !std::fs::read_to_string(dir.join("run.log"))
+        .is_ok_and(|s| s.matches(text).count() >= times)
+    {
         assert!(
             Instant::now() < deadline,
             "no {text:?} in the log of rcr run"

@@ -50,8 +50,9 @@ pub struct FileTableBuilder {
     /// Epoll registrations to find among every process's files: (pid, fd,
     /// (dev, ino) of the epoll, the registration).
     foreign: Vec<(i32, i32, (u64, u64), epoll::Foreign)>,
-    /// Shared anonymous memory objects, by shmem id.
-    shmem: BTreeMap<u64, pb::ShmemObject>,
+    /// Shared anonymous memory objects, by shmem id, and for those read
+    /// through task memory rather than whole, the parts read so far.
+    shmem: BTreeMap<u64, (pb::ShmemObject, Option<Vec<(u64, u64)>>)>,
     /// Where the content of shared memory, memfds and deleted files goes.
     data: Option<objdata::Writer>,
     ttys: tty::Collected,
@@ -278,13 +279,37 @@ impl FileTableBuilder {
     }
 
     /// Saves shared memory object `id` once, read through `pid`'s mapping
-    /// of it at `start..end`.
-    pub fn shmem_object(&mut self, pid: i32, start: u64, end: u64, id: u64) -> Result<()> {
-        if self.shmem.contains_key(&id) {
-            return Ok(());
-        }
-        let saved = shmem::dump(pid, start, end, id, writer(&mut self.data))?;
-        self.shmem.insert(id, saved);
+    /// of it at `start..end` (bytes from `pgoff`). Where it cannot be read
+    /// whole, each part some mapping shows is read once.
+    pub fn shmem_object(
+        &mut self,
+        pid: i32,
+        (start, end, pgoff): (u64, u64, u64),
+        id: u64,
+    ) -> Result<()> {
+        let part = (pgoff, pgoff + (end - start));
+        let parts = match self.shmem.get(&id) {
+            None => None,
+            Some((_, None)) => return Ok(()),
+            Some((_, Some(parts))) if parts.iter().any(|p| p.0 <= part.0 && part.1 <= p.1) => {
+                return Ok(())
+            }
+            Some((_, Some(parts))) => Some(parts.clone()),
+        };
+        let (saved, whole) = shmem::dump(pid, (start, end, pgoff), id, writer(&mut self.data))?;
+        let entry = match (parts, whole) {
+            (Some(mut parts), false) => {
+                let (object, _) = &self.shmem[&id];
+                parts.push(part);
+                let mut runs = object.runs.clone();
+                runs.extend(saved.runs);
+                let size = object.size.max(saved.size);
+                (pb::ShmemObject { id, size, runs }, Some(parts))
+            }
+            (_, true) => (saved, None),
+            (None, false) => (saved, Some(vec![part])),
+        };
+        self.shmem.insert(id, entry);
         Ok(())
     }
 
@@ -386,7 +411,7 @@ impl FileTableBuilder {
             memfds: self.memfds.saved,
             deleted: self.deleted.saved,
             posix_shm: Vec::new(),
-            shmem: self.shmem.into_values().collect(),
+            shmem: self.shmem.into_values().map(|(o, _)| o).collect(),
             ttys: Vec::new(),
             caller_tty_foreground: 0,
         }

@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::objects::files::FileTableBuilder;
-use crate::objects::sysv;
+use crate::objects::{shmem, sysv};
 use crate::proc::maps::MapName;
 use crate::proc::pagemap::{PageScanner, PagemapEntry, ScanBackend, ScanWant};
 use crate::proc::smaps::SmapsEntry;
@@ -59,6 +59,11 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
             path,
             deleted: true,
         } if path == "/dev/zero" && m.shared => anon_kind(true),
+        // The memfd a restore without map_files made in its place (shmem.rs).
+        MapName::Path {
+            path,
+            deleted: true,
+        } if path == shmem::STAND_IN && m.shared => anon_kind(true),
         // A SysV shm attachment; the segment is saved whole (sysv.rs).
         name if sysv::is_segment(name) && m.shared => anon_kind(true),
         MapName::Path {
@@ -94,7 +99,7 @@ pub fn vma_from_smaps(pid: i32, e: &SmapsEntry, files: &mut FileTableBuilder) ->
     // number space: keep a removed segment's apart.
     let shmem_id = if segment { m.inode | 1 << 32 } else { m.inode };
     if kind == VmaKind::AnonShared && sysv_shmid.is_none() {
-        files.shmem_object(pid, m.start, m.end, shmem_id)?;
+        files.shmem_object(pid, (m.start, m.end, m.offset), shmem_id)?;
     }
     Ok(pb::Vma {
         start: m.start,

@@ -6,6 +6,7 @@
 
 use crate::error::{Error, Result};
 use rcr_images::objdata;
+use rcr_images::pages::PAGE_SIZE;
 use rcr_images::pb;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -72,6 +73,60 @@ impl Writer {
                 })
             })
             .collect()
+    }
+}
+
+impl Writer {
+    /// Saves `len` bytes of `src` from `src_off` (memory, read through
+    /// `/proc/PID/mem`, which has no holes to seek) as the object's data at
+    /// `offset`, leaving out pages of zeros.
+    pub fn save_nonzero(
+        &mut self,
+        (src, src_path, src_off): (&File, &str, u64),
+        len: u64,
+        offset: u64,
+    ) -> Result<Vec<pb::DataRun>> {
+        if self.buf.is_empty() {
+            self.buf = vec![0; CHUNK as usize];
+        }
+        let mut runs = Vec::new();
+        let mut open: Option<(pb::DataRun, objdata::RunHasher)> = None;
+        let mut pos = 0;
+        while pos < len {
+            let n = (len - pos).min(CHUNK) as usize;
+            src.read_exact_at(&mut self.buf[..n], src_off + pos)
+                .map_err(|e| Error::io(src_path, e))?;
+            for (i, page) in self.buf[..n].chunks(PAGE_SIZE as usize).enumerate() {
+                if page.iter().all(|&b| b == 0) {
+                    runs.extend(open.take().map(close_run));
+                    continue;
+                }
+                let (run, hasher) = open.get_or_insert_with(|| {
+                    let run = pb::DataRun {
+                        offset: offset + pos + i as u64 * PAGE_SIZE,
+                        file_offset: objdata::next_run_offset(self.len),
+                        ..Default::default()
+                    };
+                    (run, objdata::run_hasher())
+                });
+                self.file
+                    .write_all_at(page, run.file_offset + run.len)
+                    .map_err(|e| Error::io(&self.path, e))?;
+                hasher.update(page);
+                run.len += page.len() as u64;
+                self.len = run.file_offset + run.len;
+            }
+            pos += n as u64;
+        }
+        runs.extend(open.map(close_run));
+        Ok(runs)
+    }
+}
+
+fn close_run((run, hasher): (pb::DataRun, objdata::RunHasher)) -> pb::DataRun {
+    pb::DataRun {
+        checksum: hasher.digest(),
+        ..run
     }
 }
 

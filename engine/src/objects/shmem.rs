@@ -17,19 +17,37 @@ use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 
-/// Dump side: object `id`, read through `pid`'s mapping of it at
-/// `start..end`, its data saved to `data`.
+/// Dump side: object `id`, whose bytes from `pgoff` `pid` maps at
+/// `start..end`, its data saved to `data`. Returns it and whether it was
+/// read whole.
+///
+/// The object is read through its map_files entry, which needs
+/// `CAP_CHECKPOINT_RESTORE` over the first user namespace; inside a user
+/// namespace of its own (`rcr run` without privilege) rcr reads the mapped
+/// part through the task's memory instead, pages of zeros left out (reading
+/// a page never written makes the kernel fill it with zeros).
 pub fn dump(
     pid: i32,
-    start: u64,
-    end: u64,
+    (start, end, pgoff): (u64, u64, u64),
     id: u64,
     data: &mut objdata::Writer,
-) -> Result<pb::ShmemObject> {
-    let (file, path) = open_task_mapping(pid, start, end)?;
+) -> Result<(pb::ShmemObject, bool)> {
+    let (file, path) = match open_task_mapping(pid, start, end) {
+        Err(Error::Io { source, .. })
+            if source.raw_os_error() == Some(libc::EPERM)
+                || source.raw_os_error() == Some(libc::EACCES) =>
+        {
+            let path = format!("/proc/{pid}/mem");
+            let mem = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let runs = data.save_nonzero((&mem, &path, start), end - start, pgoff)?;
+            let size = pgoff + (end - start);
+            return Ok((pb::ShmemObject { id, size, runs }, false));
+        }
+        other => other?,
+    };
     let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
     let runs = data.save(&file, &path, size)?;
-    Ok(pb::ShmemObject { id, size, runs })
+    Ok((pb::ShmemObject { id, size, runs }, true))
 }
 
 /// rcr's own read-only descriptor of the object `pid` maps at `start..end`
@@ -60,11 +78,37 @@ pub fn sizes<'a>(vmas: impl Iterator<Item = &'a pb::Vma>) -> BTreeMap<u64, u64> 
 /// saved object's size, if larger) holding the saved data, read from the
 /// object data file `data`, as a file descriptor that maps like the
 /// original (`/dev/zero (deleted)`).
-pub fn restore(size: u64, saved: Option<&pb::ShmemObject>, data: &Path) -> Result<OwnedFd> {
-    let fd = create(size.max(saved.map_or(0, |s| s.size)))?;
+///
+/// Where rcr may not reopen its own mapping (map_files needs
+/// `CAP_CHECKPOINT_RESTORE` over the first user namespace, which `rcr run`
+/// lacks inside its own), the object is a memfd: as shared, but named
+/// `/memfd:rcr-shmem (deleted)` in the maps. The flag says so.
+pub fn restore(size: u64, saved: Option<&pb::ShmemObject>, data: &Path) -> Result<(OwnedFd, bool)> {
+    let size = size.max(saved.map_or(0, |s| s.size));
+    let (fd, memfd) = match create(size) {
+        Err(Error::Preflight(_)) => (memfd(size)?, true),
+        other => (other?, false),
+    };
     let file = File::from(fd);
     let runs = saved.map_or(&[][..], |s| &s.runs);
     objdata::fill(data, runs, &file, "shared anonymous memory")?;
+    Ok((file.into(), memfd))
+}
+
+/// How /proc/PID/maps names the memfd that stands in for shared anonymous
+/// memory; a dump takes it for shared anonymous memory again.
+pub const STAND_IN: &str = "/memfd:rcr-shmem";
+
+fn memfd(size: u64) -> Result<OwnedFd> {
+    let err = |e| Error::io("memfd for shared anonymous memory", e);
+    // SAFETY: memfd_create with a constant NUL-terminated name (STAND_IN's).
+    let fd = unsafe { libc::memfd_create(c"rcr-shmem".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor just made for us.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.set_len(size).map_err(err)?;
     Ok(file.into())
 }
 
@@ -206,21 +250,34 @@ mod tests {
         let out = objdata::TestFile::new("shmem");
         let mut data = objdata::Writer::create(&out.0).unwrap();
         let pid = std::process::id() as i32;
-        let saved = dump(pid, start, start + len as u64, 7, &mut data).unwrap();
+        let (saved, whole) = dump(pid, (start, start + len as u64, 0), 7, &mut data).unwrap();
+        assert!(whole, "read through map_files");
+        // What a dump without map_files reads: the task's memory.
+        let mem = File::open("/proc/self/mem").unwrap();
+        let through_memory = pb::ShmemObject {
+            runs: data
+                .save_nonzero((&mem, "/proc/self/mem", start), len as u64, 0)
+                .unwrap(),
+            ..saved.clone()
+        };
         // SAFETY: unmaps exactly the mapping made above.
         unsafe { libc::munmap(a, len) };
         assert_eq!(saved.size, len as u64);
-        let runs: Vec<(u64, usize)> = saved
-            .runs
-            .iter()
-            .map(|d| (d.offset, d.len as usize))
-            .collect();
-        assert_eq!(runs, [(0, 0x1000), (0x3000, 0x1000)]);
-        let file = File::from(restore(0x2000, Some(&saved), &out.0).unwrap());
-        assert_eq!(file.metadata().unwrap().len(), len as u64);
-        use std::os::unix::fs::FileExt;
-        let mut byte = [0u8; 1];
-        file.read_exact_at(&mut byte, 0x3ff0).unwrap();
-        assert_eq!(byte, [3]);
+        for object in [&saved, &through_memory] {
+            let runs: Vec<(u64, usize)> = object
+                .runs
+                .iter()
+                .map(|d| (d.offset, d.len as usize))
+                .collect();
+            assert_eq!(runs, [(0, 0x1000), (0x3000, 0x1000)]);
+            let (fd, memfd) = restore(0x2000, Some(object), &out.0).unwrap();
+            assert!(!memfd, "root reopens its mapping");
+            let file = File::from(fd);
+            assert_eq!(file.metadata().unwrap().len(), len as u64);
+            use std::os::unix::fs::FileExt;
+            let mut byte = [0u8; 1];
+            file.read_exact_at(&mut byte, 0x3ff0).unwrap();
+            assert_eq!(byte, [3]);
+        }
     }
 }

@@ -79,7 +79,15 @@ pub fn prepare(c: &Checkpoint) -> Result<Prepared> {
     .into_iter()
     .map(|(id, size)| {
         let saved = c.files.shmem.iter().find(|s| s.id == id);
-        Ok((id, shmem::restore(size, saved, &c.objdata)?))
+        let (fd, memfd) = shmem::restore(size, saved, &c.objdata)?;
+        if memfd {
+            warnings.push(format!(
+                "shared anonymous memory {id:#x} is a memfd now (/memfd:rcr-shmem in the maps): \
+                 rcr may not reopen its own mapping through map_files without \
+                 CAP_CHECKPOINT_RESTORE in the first user namespace"
+            ));
+        }
+        Ok((id, fd))
     })
     .collect::<Result<BTreeMap<u64, OwnedFd>>>()?;
     let sysv = sysv::restore(&c.inventory.sysv.clone().unwrap_or_default(), &c.objdata)?;
