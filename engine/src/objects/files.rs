@@ -52,11 +52,15 @@ pub struct FileTableBuilder {
     foreign: Vec<(i32, i32, (u64, u64), epoll::Foreign)>,
     /// Shared anonymous memory objects, by shmem id, and for those read
     /// through task memory rather than whole, the parts read so far.
-    shmem: BTreeMap<u64, (pb::ShmemObject, Option<Vec<(u64, u64)>>)>,
+    shmem: BTreeMap<u64, (pb::ShmemObject, ReadParts)>,
     /// Where the content of shared memory, memfds and deleted files goes.
     data: Option<objdata::Writer>,
     ttys: tty::Collected,
 }
+
+/// The (start, end) byte ranges of a shared memory object read so far
+/// through task memory; `None`: it was read whole.
+type ReadParts = Option<Vec<(u64, u64)>>;
 
 /// An open file description already stored: a descriptor of it, and its id.
 #[derive(Clone, Copy)]
