@@ -39,17 +39,8 @@ impl Run {
         // The restored program opens it again, as whichever user runs it.
         std::fs::set_permissions(&log, std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .expect("chmod run log");
-        let mut cmd = Command::new(dir.rcr());
-        dir.as_user(&mut cmd);
-        cmd.arg("run")
-            .arg("--image")
-            .arg(images)
-            .args(options)
-            .arg("--")
-            .args(command)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup log"))
-            .stderr(out);
+        let mut cmd = run_command(dir, images, options, command);
+        cmd.stdout(out.try_clone().expect("dup log")).stderr(out);
         // Descriptors the test runner inherited are not the program's.
         // SAFETY: close_range is async-signal-safe, as pre_exec requires.
         unsafe {
@@ -129,6 +120,21 @@ pub fn wait_ready(dir: &TestDir) {
         assert!(Instant::now() < deadline, "program not ready");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// `rcr run --image IMAGES OPTIONS -- COMMAND` as the directory's user,
+/// stdin from /dev/null.
+pub fn run_command(dir: &TestDir, images: &Path, options: &[&str], command: &[&str]) -> Command {
+    let mut cmd = Command::new(dir.rcr());
+    dir.as_user(&mut cmd);
+    cmd.arg("run")
+        .arg("--image")
+        .arg(images)
+        .args(options)
+        .arg("--")
+        .args(command)
+        .stdin(Stdio::null());
+    cmd
 }
 
 /// Waits until `rcr run`'s log (`DIR/run.log`, which the program started

@@ -9,7 +9,7 @@ use rcr_tests::harness::{
     assert_no_process, copy_dir, dump, rcr_bin, run_rcr, send_signal, spawn_retrying, Exit,
     TestDir, Workload, EXIT_TIMEOUT,
 };
-use rcr_tests::rcr_run::{wait_ready, Run};
+use rcr_tests::rcr_run::{run_command, wait_ready, Run};
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -204,16 +204,8 @@ fn cpu_profile_masks_cpuid_or_is_refused_without_faulting() {
 /// `rcr run --image DIR --cpu-profile PROFILE [options] -- CMD` to its end,
 /// with its exit status and stderr.
 fn run_to_end(dir: &TestDir, images: &Path, options: &[&str], command: &[&str]) -> (i32, String) {
-    let mut cmd = Command::new(dir.rcr());
-    cmd.arg("run")
-        .arg("--image")
-        .arg(images)
-        .args(options)
-        .arg("--")
-        .args(command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = run_command(dir, images, options, command);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let out = spawn_retrying(&mut cmd)
         .wait_with_output()
         .expect("rcr run");

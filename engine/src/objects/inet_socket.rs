@@ -48,6 +48,7 @@
 //! network namespace.
 
 use super::files::{check, owned};
+use super::netlock::canonical;
 use super::netlock::Netlock;
 use super::unix_socket::{family_name, get_opt, set_buffer, set_opt};
 use crate::error::{Error, Result};
@@ -849,17 +850,6 @@ fn requeue(fd: &OwnedFd, s: &pb::InetSocket, what: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `a` with an IPv4-mapped IPv6 address as the IPv4 address it is.
-fn canonical(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => a,
-        },
-        v4 => v4,
-    }
 }
 
 fn loopback(of: &SocketAddr) -> std::net::IpAddr {

@@ -201,7 +201,7 @@ pub fn unlock(name: &str) -> std::io::Result<()> {
 }
 
 /// `a` with an IPv4-mapped address as the IPv4 address it is on the wire.
-fn canonical(a: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
     match a {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), v6.port()),
