@@ -32,4 +32,4 @@ restored=$("$OLDPWD/$rcr" restore -D ckpt)
 echo "== restored as pid $restored"
 sleep 1.5
 echo "== before the checkpoint: $before; now: $(tail -n1 counter.log)"
-"$OLDPWD/$rcr" show -D ckpt | python3 -c 'import json,sys; t=json.load(sys.stdin)["threads"][0]; print("== it was stopped at", t["rip"], t["where"].get("symbol"), "-", t["where"].get("instruction"))'
+"$OLDPWD/$rcr" show -D ckpt | python3 -c 'import json,sys; t=json.load(sys.stdin)["processes"][0]["threads"][0]; print("== it was stopped at", t["rip"], t["where"].get("symbol"), "-", t["where"].get("instruction"))'
