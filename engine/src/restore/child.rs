@@ -392,19 +392,27 @@ fn exit_as(status: i32) -> ! {
             };
             libc::setrlimit(libc::RLIMIT_CORE, &none);
             libc::signal(sig, libc::SIG_DFL);
-            let all: u64 = 0;
-            libc::syscall(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK,
-                &all,
-                0usize,
-                8usize,
-            );
+            set_sigmask(0);
             libc::kill(libc::getpid(), sig);
         }
         libc::syscall(libc::SYS_exit_group, libc::WEXITSTATUS(status));
     }
     fail(Step::ChildExit, 0)
+}
+
+/// Sets the blocked mask of this thread to `mask` (all 64 signals), by the
+/// raw syscall: glibc's wrapper would keep its own signals unblocked.
+fn set_sigmask(mask: u64) -> libc::c_long {
+    // SAFETY: the kernel reads 8 bytes of `mask`; no old mask is asked for.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &mask,
+            0usize,
+            8usize,
+        )
+    }
 }
 
 /// Installs the task's descriptors, cwd and umask, then enters the restorer.
@@ -436,17 +444,7 @@ fn go(plan: &RestorePlan, rseq: RseqConf, plain_clone: bool) -> ! {
                 trap_failed(Step::ChildLocks, errno, l.fd as u64);
             }
         }
-        let all: u64 = !0;
-        sys(
-            libc::syscall(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK,
-                &all,
-                0usize,
-                8usize,
-            ),
-            Step::ChildHole,
-        );
+        sys(set_sigmask(!0), Step::ChildHole);
         let addr = libc::mmap(
             plan.hole_start as *mut libc::c_void,
             plan.image.len(),
